@@ -1,0 +1,33 @@
+# Compression Lab. `make help` lists the targets.
+PY      ?= .venv/bin/python
+ARGS    ?=
+.DEFAULT_GOAL := help
+
+.PHONY: help install test test-full lint addition grokking clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## create .venv: torch==2.13.0 first (CPU wheel), then the lab with its dev extra
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+
+test: ## fast test suite (excludes tests marked slow)
+	$(PY) -m pytest -q -m "not slow"
+
+test-full: ## every test, the slow ones included
+	$(PY) -m pytest -q
+
+lint: ## ruff
+	$(PY) -m ruff check .
+
+addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=value ...' to override)
+	$(PY) -m lab train configs/addition.yaml $(ARGS)
+
+grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
+	$(PY) -m lab train configs/grokking.yaml $(ARGS)
+
+clean: ## remove caches (keeps runs/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

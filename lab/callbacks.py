@@ -1,0 +1,127 @@
+"""Run bookkeeping: checkpoints that survive Ctrl-C and crashes, and a one-line report per evaluation.
+
+Checkpoints are written atomically (temporary file, then rename) at step boundaries only, so a
+checkpoint always holds a consistent state: model, optimizer, schedule, loop counters, RNG, and every
+callback's counters (bits included). The first Ctrl-C asks for a stop: the current step finishes,
+`last.ckpt` is written and training ends cleanly; a second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class Checkpoints(L.Callback):
+    def __init__(self, dirpath: Path, every: int, keep: int):
+        self.dir, self.every, self.keep = Path(dirpath), every, keep
+        self.stop_requested = False
+        self._saved_step = -1
+        self._old_handler = None
+
+    # -- Ctrl-C ---------------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame) -> None:
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, self._old_handler or signal.default_int_handler)  # 2nd: interrupt
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def save(self, trainer, name: str) -> Path:
+        path = self.dir / name
+        tmp = path.with_name(path.name + ".tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        return path
+
+    def _save_last(self, trainer) -> None:
+        if self._saved_step != trainer.global_step:
+            self.save(trainer, "last.ckpt")
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.stop_requested
+        if trainer.world_size > 1:  # all ranks must stop at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        step = trainer.global_step
+        if step % self.every == 0:
+            self.save(trainer, f"step-{step:08d}.ckpt")
+            self._prune(trainer)
+        if step % self.every == 0 or stop:
+            self._save_last(trainer)
+        if stop:
+            trainer.should_stop = True
+            self.stop_requested = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last(trainer)
+
+    def _prune(self, trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        periodic = sorted(self.dir.glob("step-*.ckpt"))
+        for old in periodic[: max(0, len(periodic) - self.keep)]:
+            old.unlink()
+
+
+def fmt_count(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+class Report(L.Callback):
+    """Prints one line per evaluation (readable in a log file as well as under the progress bar)."""
+
+    def __init__(self):
+        self.t0 = time.time()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.t0 = time.time()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        parts = [f"step {trainer.global_step:>6}", f"ex {fmt_count(pl_module.examples_seen):>7}"]
+        if "train/loss" in m:
+            parts.append(f"loss {m['train/loss']:.4f}")
+        if "val/loss" in m:
+            parts.append(f"val loss {m['val/loss']:.4f}")
+        if "train/exact_match" in m:
+            parts.append(f"train acc {m['train/exact_match']:.3f}")
+        parts.append(f"val exact {m.get('val/exact_match', float('nan')):.3f}")
+        if "bits/ex" in m:
+            parts.append(f"bits/ex {m['bits/ex']:.2f} (floor {m['floor']:.2f}, epistemic {m['epi']:.2f})")
+        if "dl/table" in m:
+            parts.append(f"dl/table {fmt_count(m['dl/table'])}bit")
+        parts.append(f"{time.time() - self.t0:.0f}s")
+        line = " | ".join(parts)
+        bar = trainer.progress_bar_callback
+        bar.print(line) if bar is not None else print(line, flush=True)
+
+
+class ProgressBar(TQDMProgressBar):
+    """The training bar only (no bar per evaluation), values with 4 significant digits, no v_num."""
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in items.items()}

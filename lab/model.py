@@ -1,0 +1,162 @@
+"""A minGPT-style decoder-only transformer: a plain nn.Module, no Lightning inside.
+
+    model = GPT(GPTConfig.from_preset("gpt-mini", vocab_size=14, block_size=28))
+    logits = model(idx)            # idx (B, T) int64 -> logits (B, T, V)
+
+Pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, learned absolute position embeddings,
+and minGPT's initialisation (normal(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)).
+Vocabulary and block size always come from the task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name -> (n_layer, n_head, n_embd); gpt-mini is the reference implementation's model
+PRESETS = {
+    "gpt-mini": (6, 6, 192),
+    "gpt-micro": (4, 4, 128),
+    "gpt-nano": (3, 3, 48),
+    "grok": (2, 4, 128),  # Power et al. 2022
+    "grok-1l": (1, 4, 128),  # Nanda et al. 2023 (with LayerNorm, unlike theirs)
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+    @classmethod
+    def from_preset(cls, preset: str, **kw) -> GPTConfig:
+        n_layer, n_head, n_embd = PRESETS[preset]
+        sizes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+        sizes.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**sizes)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
+        """x (B, t, C) -> (B, t, C). With `cache`, keys and values of earlier positions are read from and
+        appended to cache[layer]; then t must be the whole sequence (no past) or a single new token."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, t, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, h, t, d)
+        if cache is not None:
+            if len(cache) > layer:
+                k = torch.cat([cache[layer][0], k], dim=2)  # (B, h, past + t, d)
+                v = torch.cat([cache[layer][1], v], dim=2)
+                cache[layer] = (k, v)
+            else:
+                cache.append((k, v))
+        causal = k.shape[2] == T  # no past: causal mask; one token after a past: it sees everything
+        if not causal and T != 1:
+            raise ValueError("with a cache, feed the whole sequence or one token at a time")
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, h, t, d)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, t, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, t, C)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, cache: list | None = None) -> torch.Tensor:
+        """idx (B, t) int64 token ids -> logits (B, t, V).
+
+        `cache` (a list, initially empty) keeps each layer's keys and values for incremental decoding:
+        the positions of idx continue after the cached ones."""
+        B, T = idx.shape
+        past = cache[0][0].shape[2] if cache else 0
+        if past + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.cfg.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)  # (t,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, t, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        return self.lm_head(self.ln_f(x))  # (B, t, V)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def score_and_generate(self, x: torch.Tensor, answer_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits of whole rows, and the greedy generation of their answers.
+
+        x (B, T) holds true rows. Returns logits (B, T-1, V) for x[:, :-1], and the answer (B, A),
+        A = T - answer_start, that greedy decoding produces from the prompt x[:, :answer_start] alone.
+        The teacher-forced pass doubles as the prompt pass: its cached keys and values for the prompt
+        positions are exactly what generation needs, so generating costs one token per answer position.
+
+        Example (8-digit addition, answer_start 19): prompt `s 1 2 3 4 5 6 7 8 + 8 7 6 5 4 3 2 1 =`,
+        generated answer `0 9 9 9 9 9 9 9 9 e` if the model has learned to add.
+        """
+        cache: list = []
+        logits = self(x[:, :-1], cache)  # (B, T-1, V)
+        cache[:] = [(k[:, :, :answer_start], v[:, :, :answer_start]) for k, v in cache]
+        tok = logits[:, answer_start - 1].argmax(-1)  # (B,) depends on the prompt only
+        out = [tok]
+        for _ in range(x.shape[1] - answer_start - 1):
+            tok = self(tok[:, None], cache)[:, -1].argmax(-1)  # (B,)
+            out.append(tok)
+        return logits, torch.stack(out, dim=1)  # (B, T-1, V), (B, A)

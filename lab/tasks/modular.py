@@ -1,0 +1,137 @@
+"""Binary operations mod a prime p (Power et al. 2022): a fixed table, split once, revisited for epochs.
+
+Token layout (op "x+y", p = 97): one token per residue, then the operation and `=`:
+
+    vocabulary: 0..96 are the residues, 97 = op token, 98 = "="   (p + 2 tokens)
+    5 + 3 = 8    ->  [5, 97, 3, 98, 8]
+    targets:         o   y   =   z       (x is context: it is never predicted)
+
+By default only z is trained on and coded (floor 0 without label noise). With `loss_on=all` the
+model also predicts y, whose floor is log2 |Y| (|Y| = p, or p - 1 for division, y != 0).
+
+`label_noise` eps replaces the answer, once per example (a fixed table), by a wrong residue drawn
+uniformly; the answer's floor becomes H(eps) + eps log2(p - 1) bits.
+
+The table is every valid (x, y); a seeded permutation puts `train_fraction` of it in the train split
+and the rest in the held-out ("val") split. Training walks the train split in a fresh seeded order each
+epoch; an example is `new` (enters the code length) only in epoch 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lab.tasks.base import Batch, Task, log2, rng_for
+
+
+def _inverses(p: int) -> np.ndarray:
+    inv = np.zeros(p, dtype=np.int64)
+    inv[1:] = [pow(y, p - 2, p) for y in range(1, p)]
+    return inv
+
+
+# name -> (symbol, needs y != 0, z(x, y, p, inv))
+OPS = {
+    "x+y": ("+", False, lambda x, y, p, inv: (x + y) % p),
+    "x-y": ("-", False, lambda x, y, p, inv: (x - y) % p),
+    "x*y": ("*", False, lambda x, y, p, inv: (x * y) % p),
+    "x/y": ("/", True, lambda x, y, p, inv: (x * inv[y]) % p),
+    "x^2+y^2": ("o", False, lambda x, y, p, inv: (x * x + y * y) % p),
+    "x^2+xy+y^2": ("o", False, lambda x, y, p, inv: (x * x + x * y + y * y) % p),
+    "x^2+xy+y^2+x": ("o", False, lambda x, y, p, inv: (x * x + x * y + y * y + x) % p),
+    "x^3+xy": ("o", False, lambda x, y, p, inv: (x * x * x + x * y) % p),
+    "x^3+xy^2+y": ("o", False, lambda x, y, p, inv: (x * x * x + x * y * y + y) % p),
+    "x/y if y odd else x-y": (
+        "o", False, lambda x, y, p, inv: np.where(y % 2 == 1, (x * inv[y]) % p, (x - y) % p)
+    ),
+}
+DIVIDES = {"x/y", "x/y if y odd else x-y"}
+
+
+def is_prime(p: int) -> bool:
+    return p >= 2 and all(p % d for d in range(2, math.isqrt(p) + 1))
+
+
+def noise_floor(eps: float, k: int) -> float:
+    """Entropy in bits of an answer that is right w.p. 1 - eps, else uniform over the k - 1 wrong ones."""
+    if eps <= 0:
+        return 0.0
+    h = -eps * math.log2(eps) - (1 - eps) * math.log2(1 - eps) if eps < 1 else 0.0
+    return h + eps * log2(k - 1)
+
+
+class Finite(Task):
+    """A table of examples with a seeded train / held-out split, shared by the finite tasks."""
+
+    finite = True
+
+    def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
+        self.table = table  # (N, T)
+        perm = rng_for(seed, 3).permutation(len(table))
+        n_train = round(train_fraction * len(table))
+        self.train_idx, self.val_idx = perm[:n_train], perm[n_train:]
+
+    def _add_label_noise(self, eps: float, k: int, seed: int) -> None:
+        """Replace the answer (last token) by a uniformly drawn wrong one w.p. eps, fixed per example."""
+        self.clean_answers = self.table[:, -1].copy()
+        if eps > 0:
+            rng = rng_for(seed, 2)
+            flip = rng.random(len(self.table)) < eps
+            shift = rng.integers(1, k, size=len(self.table))  # 1..k-1: never the right answer
+            self.table[flip, -1] = self.answer_tokens[(self.answer_index[flip] + shift[flip]) % k]
+
+    def table_size(self) -> int:
+        return len(self.table)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.train_idx) / batch_size)
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        epoch, j = divmod(step, self.steps_per_epoch(batch_size))
+        order = rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))
+        ids = self.train_idx[order[j * batch_size : (j + 1) * batch_size]]
+        return Batch(self.table[ids], ids.astype(np.int64), np.full(len(ids), epoch == 0))
+
+    def eval_sets(self) -> dict[str, np.ndarray]:
+        return {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
+
+    def eval_ids(self) -> dict[str, np.ndarray]:
+        return {"val": self.val_idx, "train": self.train_idx}
+
+
+class Modular(Finite):
+    def __init__(
+        self,
+        op: str = "x+y",
+        p: int = 97,
+        train_fraction: float = 0.3,
+        loss_on: str = "answer",
+        label_noise: float = 0.0,
+        seed: int = 0,
+    ):
+        symbol, nonzero_y, fn = OPS[op]
+        self.op, self.p, self.seed, self.symbol = op, p, seed, symbol
+        self.vocab = [str(i) for i in range(p)] + [symbol, "="]
+        OP, EQ = p, p + 1
+        self.seq_len, self.answer_start = 5, 4
+        self.target_names = ["o", "y", "=", "z"]
+
+        ys = np.arange(1 if nonzero_y else 0, p)
+        x, y = (g.ravel() for g in np.meshgrid(np.arange(p), ys, indexing="ij"))  # (N,), (N,)
+        z = fn(x, y, p, _inverses(p))
+        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
+        table = np.stack([x, col(OP), y, col(EQ), z], axis=1).astype(np.int64)  # (N, 5)
+
+        self.answer_tokens, self.answer_index = np.arange(p), z  # residue r is token r
+        self._split(table, train_fraction, seed)
+        self._add_label_noise(label_noise, p, seed)
+
+        self.floor_bits = np.array([0.0, log2(len(ys)), 0.0, noise_floor(label_noise, p)])
+        self.uniform_bits = np.array([0.0, log2(len(ys)), 0.0, log2(p)])
+        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+
+    def to_text(self, row: np.ndarray) -> str:
+        x, _, y, _, z = (int(t) for t in row)
+        return f"{x}{self.symbol}{y}={z}\n"

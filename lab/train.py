@@ -1,0 +1,143 @@
+"""One training run: run directory, trainer, loggers and callbacks, then `fit`.
+
+    runs/<name>/
+        config.yaml          the resolved configuration (rewritten on resume)
+        metrics.jsonl        one row per log step: train/..., bits/..., val/..., dl/..., examples_seen
+        positions.csv        per predicted position: floor, total and excess bits (at the end)
+        summary.json         final figures of the run
+        checkpoints/         last.ckpt and the latest periodic step-*.ckpt
+        wandb/               the wandb run (offline unless wandb is set up)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lab.bits import Bits
+from lab.callbacks import Checkpoints, ProgressBar, Report
+from lab.config import Config, ConfigError, diff, load, to_dict, to_yaml
+from lab.data import LabData
+from lab.loggers import JsonlLogger, make_wandb_logger
+from lab.module import LabModule
+from lab.tasks import make_task
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    module: LabModule
+    trainer: L.Trainer
+    bits: Bits
+    summary: dict
+
+
+def resume_paths(resume: str) -> tuple[Path, Path]:
+    """train.resume (a run directory or a checkpoint) -> (run directory, checkpoint file)."""
+    p = Path(resume)
+    ckpt = p / "checkpoints" / "last.ckpt" if p.is_dir() else p
+    if not ckpt.is_file():
+        raise ConfigError(f"train.resume: no checkpoint at {ckpt}")
+    return ckpt.parent.parent, ckpt
+
+
+def resume_config(resume: str, overrides: list[str]) -> Config:
+    """The saved configuration of the run being resumed, with overrides applied."""
+    run_dir, _ = resume_paths(resume)
+    return load(run_dir / "config.yaml", overrides)
+
+
+def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int | None]:
+    """(run directory, checkpoint to resume from, its step). Rank 0 creates; other ranks reuse."""
+    if cfg.train.resume:
+        run_dir, ckpt = resume_paths(cfg.train.resume)
+        saved = load(run_dir / "config.yaml")
+        changed = diff(saved, cfg)
+        if changed:
+            raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")
+        step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+        return run_dir, ckpt, step
+    name = cfg.log.name or os.environ.get("LAB_RUN_NAME")
+    if name is None:
+        name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    os.environ["LAB_RUN_NAME"] = name  # DDP workers are re-launched with this environment
+    run_dir = Path(cfg.log.dir) / name
+    if (run_dir / "checkpoints" / "last.ckpt").exists() and os.environ.get("LOCAL_RANK", "0") == "0":
+        raise ConfigError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
+    return run_dir, None, None
+
+
+def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:
+    run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
+    rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if rank0:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = make_task(cfg)
+    module = LabModule(cfg, task)
+    data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
+
+    bits = Bits(task, cfg.log.every, run_dir)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+    callbacks = [bits, Report(), checkpoints]
+    if cfg.log.progress_bar:
+        callbacks.append(ProgressBar(refresh_rate=10))
+    callbacks += extra_callbacks or []
+    loggers = [JsonlLogger(run_dir / "metrics.jsonl", keep_until=ckpt_step)]
+    if cfg.log.wandb:
+        wb = make_wandb_logger(run_dir, run_dir.name, to_dict(cfg), cfg.log.project, cfg.log.group)
+        if wb is not None:
+            loggers.append(wb)
+
+    tr = cfg.train
+    trainer = L.Trainer(
+        max_steps=tr.max_steps,
+        min_epochs=0,  # else Lightning refuses to stop early before an epoch ends (the stream has none)
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        strategy="ddp" if tr.devices > 1 else "auto",
+        precision="bf16-mixed" if tr.precision == "bf16" else "32-true",
+        gradient_clip_val=tr.grad_clip or None,
+        val_check_interval=tr.eval_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log.every,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.log.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        n = module.model.num_params()
+        print(f"run {run_dir} | {task.__class__.__name__.lower()} | {n / 1e6:.2f}M parameters"
+              f" | floor {task.floor_bits_per_example:.2f} bits/example"
+              + (f" | resuming from step {ckpt_step}" if ckpt else ""), flush=True)
+    t0 = time.time()
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    summary = {
+        "run_dir": str(run_dir),
+        "steps": trainer.global_step,
+        "examples_seen": module.examples_seen,
+        "wall_seconds_this_session": round(time.time() - t0, 1),
+        "interrupted": checkpoints.stop_requested,
+        **{k: v for k, v in module.last_eval.items() if k.startswith(("val/", "train/"))},
+        **bits.last_dl,
+        **bits.totals(),
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return RunResult(run_dir, module, trainer, bits, summary)

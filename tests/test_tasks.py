@@ -1,0 +1,136 @@
+import itertools
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from lab.tasks import Addition, Modular
+from lab.tasks.modular import OPS
+
+
+def conditional_entropies(dist: dict[tuple, float]) -> np.ndarray:
+    """Exact H(x_t | x_<t) in bits for t = 1..T-1 of a distribution {sequence: probability}."""
+    T = len(next(iter(dist)))
+    out = np.zeros(T - 1)
+    for t in range(1, T):
+        nxt: dict[tuple, Counter] = defaultdict(Counter)
+        for seq, p in dist.items():
+            nxt[seq[:t]][seq[t]] += p
+        for counts in nxt.values():
+            z = sum(counts.values())
+            out[t - 1] += -sum(p * math.log2(p / z) for p in counts.values() if p > 0)
+    return out
+
+
+ADDITION_OPTIONS = list(itertools.product([False, True], [False, True], ["all", "answer"]))
+
+
+@pytest.mark.parametrize("leading_zeros,reverse,loss_on", ADDITION_OPTIONS)
+def test_addition_floor_is_exact_conditional_entropy(leading_zeros, reverse, loss_on):
+    task = Addition(2, leading_zeros, reverse, loss_on, n_heldout=0)
+    lo = 0 if leading_zeros else 10
+    a, b = (g.ravel() for g in np.meshgrid(np.arange(lo, 100), np.arange(lo, 100)))
+    rows = task.encode(a, b)
+    dist = {tuple(r): 1 / len(rows) for r in rows.tolist()}
+    assert len(dist) == len(rows)
+    np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
+    expected = 4 * math.log2(10) if leading_zeros else 2 * (math.log2(9) + math.log2(10))
+    assert task.floor_bits_per_example == pytest.approx(expected if loss_on == "all" else 0.0, abs=1e-12)
+
+
+def test_addition_8_digit_floors_match_the_reference():
+    assert Addition(8, n_heldout=10).floor_bits_per_example == pytest.approx(2 * (math.log2(9) + 7 * math.log2(10)), abs=1e-12)
+    assert round(Addition(8, n_heldout=10).floor_bits_per_example, 2) == 52.85
+    task = Addition(8, leading_zeros=True, n_heldout=10)
+    assert task.floor_bits_per_example == pytest.approx(16 * math.log2(10), abs=1e-12)
+    assert task.floor_bits_per_example / 28 * math.log(2) == pytest.approx(1.3158, abs=1e-4)
+    assert (task.seq_len, task.vocab_size, int(task.loss_mask.sum())) == (29, 14, 28)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+@pytest.mark.parametrize("loss_on", ["answer", "all"])
+def test_modular_floor_is_exact_conditional_entropy(op, noise, loss_on):
+    p = 7
+    task = Modular(op, p, 0.5, loss_on, label_noise=noise)
+    clean = task.table.copy()
+    clean[:, -1] = task.clean_answers
+    dist = {}
+    for row in clean.tolist():  # every (x, y) equally likely; the answer noisy as the task defines
+        for z in range(p):
+            prob = (1 - noise) if z == row[-1] else noise / (p - 1)
+            if prob > 0:
+                dist[(*row[:-1], z)] = prob / len(clean)
+    np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
+    assert task.loss_mask.tolist() == ([True] * 4 if loss_on == "all" else [False, False, False, True])
+
+
+@pytest.mark.parametrize("leading_zeros,reverse", [(False, False), (True, True)])
+def test_addition_encode_decode_round_trip(leading_zeros, reverse):
+    task = Addition(8, leading_zeros, reverse, n_heldout=10)
+    batch = task.train_batch(3, 64)
+    a, b = task.operands(batch.x)
+    np.testing.assert_array_equal(task.encode(a, b), batch.x)
+    for row, ai, bi in zip(batch.x[:5], a, b):
+        line = task.to_text(row)
+        lhs, c = line.strip().split("=")
+        assert lhs == f"{ai:08d}+{bi:08d}"
+        assert int(c[::-1] if reverse else c) == ai + bi and len(c) == 9
+        assert task.decode(row).split()[0] == "s" and task.decode(row).split()[-1] == "e"
+    assert task.to_text(batch.x[0]).count("\n") == 1 and len(task.to_text(batch.x[0])) == 28
+
+
+def test_addition_operand_law():
+    plain = Addition(3, n_heldout=0).train_batch(0, 4000).x
+    assert plain[:, 1].min() == 1 and plain[:, 5].min() == 1  # leading digits never 0
+    zeros = Addition(3, leading_zeros=True, n_heldout=0).train_batch(0, 4000).x
+    assert zeros[:, 1].min() == 0 and zeros[:, 5].min() == 0
+
+
+def test_stream_is_a_function_of_seed_and_step():
+    task = Addition(8, n_heldout=100, seed=1)
+    x1, x2 = task.train_batch(7, 32), task.train_batch(7, 32)
+    np.testing.assert_array_equal(x1.x, x2.x)
+    assert not np.array_equal(task.train_batch(8, 32).x, x1.x)
+    assert not np.array_equal(Addition(8, n_heldout=100, seed=2).train_batch(7, 32).x, x1.x)
+    np.testing.assert_array_equal(x1.ids, 7 * 32 + np.arange(32))
+
+
+def test_heldout_never_in_the_stream():
+    task = Addition(2, n_heldout=2000)  # a quarter of all 8,100 pairs is held out
+    held = {tuple(p) for p in task.heldout_pairs.tolist()}
+    assert len(held) == 2000
+    seen = set()
+    for step in range(100):
+        a, b = task.operands(task.train_batch(step, 256).x)
+        pairs = set(zip(a.tolist(), b.tolist()))
+        assert not pairs & held
+        seen |= pairs
+    assert len(seen) > 5000  # the stream still covers the rest of the pairs
+    val = task.eval_sets()["val"]
+    assert {tuple(p) for p in zip(*task.operands(val))} == held
+
+
+def test_modular_split_and_epochs():
+    task = Modular("x/y", 11, 0.3)
+    n = 11 * 10
+    assert task.table_size() == n and len(task.train_idx) == 33
+    assert set(task.train_idx).isdisjoint(task.val_idx) and len(task.train_idx) + len(task.val_idx) == n
+    assert (task.table[:, 2] != 0).all()
+    x, y, z = task.table[:, 0], task.table[:, 2], task.table[:, 4]
+    np.testing.assert_array_equal((z * y) % 11, x)
+    spe = task.steps_per_epoch(8)
+    epoch0 = [task.train_batch(s, 8) for s in range(spe)]
+    ids = np.concatenate([b.ids for b in epoch0])
+    assert sorted(ids.tolist()) == sorted(task.train_idx.tolist())
+    assert all(b.new.all() for b in epoch0)
+    assert not task.train_batch(spe, 8).new.any()
+
+
+def test_label_noise_is_fixed_per_example_and_never_right():
+    task = Modular("x+y", 97, 0.5, label_noise=0.1)
+    flipped = task.table[:, -1] != task.clean_answers
+    assert abs(flipped.mean() - 0.1) < 0.02
+    again = Modular("x+y", 97, 0.5, label_noise=0.1)
+    np.testing.assert_array_equal(again.table, task.table)

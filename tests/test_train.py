@@ -1,0 +1,106 @@
+import json
+import os
+import signal
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_addition, tiny_modular
+
+from lab.__main__ import main
+from lab.config import ConfigError
+from lab.loggers import read_metrics
+from lab.train import train
+
+
+def test_tiny_fit_end_to_end(tmp_path):
+    result = train(tiny_modular(tmp_path, "train.max_steps=60", "train.lr=3e-3", "train.weight_decay=0.1"))
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "positions.csv", "summary.json", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    assert len(list((run / "checkpoints").glob("step-*.ckpt"))) == 3  # keep_checkpoints
+    rows = read_metrics(run / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps))  # one row per log step
+    loss = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert loss[-1] < loss[0] - 0.5
+    assert all("examples_seen" in r for r in rows)
+    last = [r for r in rows if "val/exact_match" in r][-1]
+    task = result.module.task
+    epochs = 60 // task.steps_per_epoch(16)  # 36 train examples: batches of 16, 16, 4
+    assert last["step"] == 60 and last["examples_seen"] == epochs * len(task.train_idx)
+    assert {"train/exact_match", "dl/table", "bits/total"} <= set().union(*rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["bits/total"] > 0
+
+
+def test_early_stop_at_target(tmp_path):
+    free = train(tiny_modular(tmp_path / "a", "train.stop_at=null"))
+    evals = [(r["step"], r["val/exact_match"]) for r in read_metrics(free.run_dir / "metrics.jsonl")
+             if "val/exact_match" in r]
+    best = max(acc for _, acc in evals)
+    assert best > 0
+    first = min(step for step, acc in evals if acc == best)
+    stopped = train(tiny_modular(tmp_path / "b", f"train.stop_at={best}"))  # deterministic: same run
+    assert stopped.trainer.global_step == first
+    assert stopped.summary["val/exact_match"] == best
+
+
+def _state(result):
+    return {k: v.clone() for k, v in result.module.model.state_dict().items()}
+
+
+class Interrupt(L.Callback):
+    """Sends this process a SIGINT (Ctrl-C) in the middle of a step: after `step` steps are done."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("make_cfg", [tiny_addition, tiny_modular])
+def test_ctrl_c_then_resume_loses_nothing(tmp_path, make_cfg):
+    # dropout > 0 checks that the RNG state travels with the checkpoint
+    full = train(make_cfg(tmp_path / "a", "model.dropout=0.1"))
+    stopped = train(make_cfg(tmp_path / "b", "model.dropout=0.1"), extra_callbacks=[Interrupt(13)])
+    assert stopped.trainer.global_step == 14 and stopped.summary["interrupted"]  # the step in flight ends
+    resumed = train(make_cfg(tmp_path / "c", "model.dropout=0.1", f"train.resume={tmp_path}/b/t"))
+    assert resumed.trainer.global_step == 30
+    assert torch.equal(resumed.bits.acc, full.bits.acc)  # every counter, to the last bit
+    assert resumed.bits.totals() == full.bits.totals()
+    a, b = _state(full), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_full = read_metrics(tmp_path / "a/t/metrics.jsonl")
+    rows_resumed = read_metrics(tmp_path / "b/t/metrics.jsonl")
+    # the same rows, plus the one Lightning writes at the step of the stop
+    assert [r["step"] for r in rows_resumed if r["step"] != 14] == [r["step"] for r in rows_full]
+    assert rows_resumed[-1]["bits/total"] == rows_full[-1]["bits/total"]
+
+
+def test_resume_from_periodic_checkpoint_after_crash(tmp_path):
+    full = train(tiny_addition(tmp_path / "a"))
+    crashed = train(tiny_addition(tmp_path / "b", "train.max_steps=27"))  # as if killed after step 27
+    assert crashed.trainer.global_step == 27
+    ckpt = tmp_path / "b/t/checkpoints/step-00000020.ckpt"
+    resumed = train(tiny_addition(tmp_path / "b", f"train.resume={ckpt}"))
+    assert torch.equal(resumed.bits.acc, full.bits.acc)
+    steps = [r["step"] for r in read_metrics(tmp_path / "b/t/metrics.jsonl")]
+    assert steps == sorted(set(steps))  # rows after step 20 were replaced, not duplicated
+
+
+def test_resume_refuses_a_different_task(tmp_path):
+    train(tiny_addition(tmp_path, "train.max_steps=10"))
+    with pytest.raises(ConfigError, match="^task.n_digits"):
+        train(tiny_addition(tmp_path, "task.n_digits=4", f"train.resume={tmp_path}/t"))
+    with pytest.raises(ConfigError, match="^log.name"):
+        train(tiny_addition(tmp_path))  # would overwrite the finished run
+
+
+def test_cli_resume_with_the_saved_config(tmp_path, capsys):
+    train(tiny_addition(tmp_path, "train.max_steps=10"))
+    assert main(["train", f"train.resume={tmp_path}/t", "train.max_steps=20"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from step 10" in out and "done: 20 steps" in out
