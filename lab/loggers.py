@@ -16,6 +16,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lab.config import ConfigError
+
 
 def log_metrics(trainer, metrics: dict) -> None:
     """Straight to the loggers in float64 (`self.log` would round to float32), at the step Lightning
@@ -75,10 +77,17 @@ class JsonlLogger(Logger):
         self._flush()
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")
+
+
 def wandb_mode() -> str:
     """WANDB_MODE if set; else online only when wandb has credentials; never a login prompt."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
+    mode = os.environ.get("WANDB_MODE", "").strip()
+    if mode:
+        if mode not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE: {mode!r} is not one of {', '.join(WANDB_MODES)}")
+        return mode
+    os.environ.pop("WANDB_MODE", None)  # an empty value would make wandb itself fail
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     netrc = Path.home() / ".netrc"

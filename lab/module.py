@@ -55,6 +55,7 @@ class LabModule(L.LightningModule):
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
         self.last_eval: dict[str, float] = {}  # the latest evaluation's metrics, float64
+        self.per_token_loss = True  # return the float64 per-token loss (the bits callback needs it)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -70,6 +71,8 @@ class LabModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("examples_seen", float(self.examples_seen))
+        if not self.per_token_loss:
+            return {"loss": loss}
         return {"loss": loss, "token_loss": token_nats(logits, targets)}
 
     def configure_optimizers(self):

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,15 @@ from lab.data import LabData
 from lab.loggers import JsonlLogger, make_wandb_logger
 from lab.module import LabModule
 from lab.tasks import make_task
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # inside Lightning, not ours
 
 
 @dataclass

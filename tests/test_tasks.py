@@ -40,7 +40,8 @@ def test_addition_floor_is_exact_conditional_entropy(leading_zeros, reverse, los
 
 
 def test_addition_8_digit_floors_match_the_reference():
-    assert Addition(8, n_heldout=10).floor_bits_per_example == pytest.approx(2 * (math.log2(9) + 7 * math.log2(10)), abs=1e-12)
+    expected = 2 * (math.log2(9) + 7 * math.log2(10))
+    assert Addition(8, n_heldout=10).floor_bits_per_example == pytest.approx(expected, abs=1e-12)
     assert round(Addition(8, n_heldout=10).floor_bits_per_example, 2) == 52.85
     task = Addition(8, leading_zeros=True, n_heldout=10)
     assert task.floor_bits_per_example == pytest.approx(16 * math.log2(10), abs=1e-12)

@@ -1,0 +1,29 @@
+import pytest
+from conftest import tiny_modular
+
+from lab.config import ConfigError
+from lab.loggers import wandb_mode
+from lab.train import train
+
+
+def test_wandb_mode_never_needs_a_login(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "")
+    assert wandb_mode() == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    with pytest.raises(ConfigError, match="^WANDB_MODE"):
+        wandb_mode()
+
+
+def test_offline_wandb_run_is_written_in_the_run_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = train(tiny_modular(tmp_path, "log.wandb=true", "train.max_steps=10"))
+    runs = list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
