@@ -1,4 +1,9 @@
-"""Command line: `python -m lab train [CONFIG] [key=value ...]`.
+"""Command line: `python -m lab COMMAND ...`.
+
+    train [CONFIG] [key=value ...]                              train (or resume) a run
+    compress CONFIG [key=value ...] --examples N -o FILE        arithmetic-code the training stream
+    decompress FILE -o OUT                                      rebuild the stream by replaying training
+    dump CONFIG [key=value ...] --examples N -o FILE            the stream as text, one example per line
 
     python -m lab train configs/addition.yaml model.n_layer=4 train.lr=2e-3
     python -m lab train train.resume=runs/addition-20261122-101500      # continue a stopped run
@@ -39,12 +44,66 @@ def cmd_train(args: list[str]) -> int:
               f" | val exact {s.get('val/exact_match', float('nan')):.4f}"
               f" | bits {s['bits/total'] / 1e6:.3f} Mbit = floor {s['bits/floor'] / 1e6:.3f}"
               f" + epistemic {s['bits/epistemic'] / 1e6:.3f} Mbit | {s['run_dir']}")
+        marks = s.get("marks")
+        if marks:
+            acc, dl = marks["val_acc_0.9"], marks["dl_half"]
+            print(f"validation accuracy reached 0.9 at step {acc}; dl/table fell half-way from raw to final "
+                  f"at step {dl}; wall time {s['wall_seconds_this_session']} s; figure {s['run_dir']}/grokking.png")
         if s["interrupted"]:
             print(f"stopped; continue with: python -m lab train train.resume={s['run_dir']}")
     return 0
 
 
-COMMANDS = {"train": cmd_train}
+def _stream_args(args: list[str], prog: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=f"python -m lab {prog}")
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--examples", type=int, required=True)
+    ap.add_argument("-o", "--output", required=True)
+    ns = ap.parse_args(args)
+    if ns.examples < 1:
+        raise ConfigError(f"--examples: {ns.examples} is not >= 1")
+    ns.cfg = load(ns.config, ns.overrides)
+    return ns
+
+
+def cmd_compress(args: list[str]) -> int:
+    from lab.coder import compress
+
+    ns = _stream_args(args, "compress")
+    s = compress(ns.cfg, ns.examples, ns.output)
+    print(f"{ns.output}: {s.examples} examples, {s.coded_tokens} coded tokens, {s.code_bits} bits "
+          f"({s.code_bits / s.examples:.2f} bits/example; model {s.model_bits / s.examples:.2f}) in {s.seconds:.1f} s "
+          f"({s.tokens_per_second:.0f} tokens/s)")
+    return 0
+
+
+def cmd_decompress(args: list[str]) -> int:
+    from lab.coder import CodecError, decompress
+
+    ap = argparse.ArgumentParser(prog="python -m lab decompress")
+    ap.add_argument("file")
+    ap.add_argument("-o", "--output", required=True)
+    ns = ap.parse_args(args)
+    try:
+        s = decompress(ns.file, ns.output)
+    except (CodecError, OSError) as e:
+        print(f"decompress error: {e}", file=sys.stderr)
+        return 1
+    print(f"{ns.output}: {s.examples} examples, {s.coded_tokens} tokens decoded in {s.seconds:.1f} s "
+          f"({s.tokens_per_second:.0f} tokens/s)")
+    return 0
+
+
+def cmd_dump(args: list[str]) -> int:
+    from lab.coder import dump
+
+    ns = _stream_args(args, "dump")
+    dump(ns.cfg, ns.examples, ns.output)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compress": cmd_compress, "decompress": cmd_decompress, "dump": cmd_dump}
 
 
 def main(argv: list[str] | None = None) -> int:

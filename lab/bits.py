@@ -148,7 +148,9 @@ class Bits(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not self.task.finite:
             return
-        name = list(self.task.eval_sets())[dataloader_idx]
+        name = pl_module.eval_names[dataloader_idx]
+        if name not in ("val", "train"):
+            return
         bits = outputs["example_bits"]  # (B,)
         if name == "train":  # only the rows not yet transmitted are coded by the current model
             start = batch_idx * trainer.val_dataloaders[dataloader_idx].batch_size

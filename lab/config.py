@@ -21,17 +21,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    name: str = "addition"  # addition | modular
+    name: str = "addition"  # addition | modular | permutation
     loss_on: str = "auto"  # all | answer | auto (addition: all, as the reference; modular: answer)
-    label_noise: float = 0.0  # finite tasks: answer replaced by a wrong one w.p. label_noise
+    label_noise: float = 0.0  # the answer replaced by a uniformly drawn wrong one w.p. label_noise
     # addition
     n_digits: int = 8
     leading_zeros: bool = False  # operands on [0, 10^n - 1] instead of [10^(n-1), 10^n - 1]
     reverse_answer: bool = False  # write the sum least significant digit first
     n_heldout: int = 2000
-    # modular
-    op: str = "x+y"
-    p: int = 97
+    # modular and permutation (S5)
+    op: str = ""  # "" = x+y (modular), x*y (permutation)
+    p: int = 97  # modular only
     train_fraction: float = 0.3
 
 
@@ -56,10 +56,13 @@ class TrainConfig:
     decay_steps: int | None = None  # cosine: steps to reach min_lr_ratio * lr (default max_steps)
     min_lr_ratio: float = 0.1
     grad_clip: float = 0.0  # 0 = off
+    grokfast_lambda: float = 0.0  # Grokfast-EMA gradient filter: 0 = off (Lee et al. 2024 use 2-5)
+    grokfast_alpha: float = 0.98
     max_steps: int = 20_000
     eval_every: int = 250  # steps between held-out evaluations
     eval_batch_size: int = 1000
-    stop_at: float | None = 0.99  # stop when held-out exact match reaches this (None: never)
+    stop_at: float | None = 0.99  # stop when stop_metric reaches this (None: never)
+    stop_metric: str = "val/exact_match"  # or val/clean_exact_match (label noise), train/exact_match
     precision: str = "32"  # 32 | bf16
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     accelerator: str = "auto"  # auto | cpu | gpu
@@ -92,14 +95,17 @@ class Config:
 # keys that belong to one task only: setting them for another task is an error, not a silent no-op
 TASK_KEYS = {
     "addition": {"n_digits", "leading_zeros", "reverse_answer", "n_heldout"},
-    "modular": {"op", "p", "train_fraction", "label_noise"},
+    "modular": {"op", "p", "train_fraction"},
+    "permutation": {"op", "train_fraction"},
 }
 
 
-def load(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
-    """Defaults <- `base` <- YAML file <- overrides, then type-checked and validated."""
+def load(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Defaults <- `base` (a dict, e.g. a saved config) <- YAML file <- overrides; type-checked, validated."""
     try:
-        cfg = OmegaConf.structured(base if base is not None else Config)
+        cfg = OmegaConf.structured(Config)
+        if base is not None:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         if path is not None:
             path = Path(path)
             if not path.is_file():
@@ -116,6 +122,10 @@ def load(path: str | Path | None = None, overrides: list[str] = (), base: Config
         raise ConfigError(f"{key}: {msg}") from None
     validate(obj)
     return obj
+
+
+def from_dict(d: dict) -> Config:
+    return load(None, (), base=d)
 
 
 def to_yaml(cfg: Config) -> str:
@@ -136,6 +146,7 @@ def validate(cfg: Config) -> None:
     from lab.model import PRESETS
     from lab.tasks import TASKS
     from lab.tasks.modular import DIVIDES, OPS, is_prime
+    from lab.tasks.permutation import OPS as PERM_OPS
 
     t, m, tr, lg = cfg.task, cfg.model, cfg.train, cfg.log
     _check(t.name in TASKS, "task.name", f"unknown task {t.name!r}; choose from {sorted(TASKS)}")
@@ -151,13 +162,16 @@ def validate(cfg: Config) -> None:
         _check(t.n_heldout >= 0, "task.n_heldout", f"{t.n_heldout} is negative")
         _check(t.n_heldout <= pairs // 2, "task.n_heldout",
                f"{t.n_heldout} is more than half of the {pairs} operand pairs")
+    if t.name == "permutation":
+        _check(t.op in ("", *PERM_OPS), "task.op", f"unknown operation {t.op!r}; choose from {list(PERM_OPS)}")
+        _check(0 < t.train_fraction < 1, "task.train_fraction", f"{t.train_fraction} is not in (0, 1)")
     if t.name == "modular":
-        _check(t.op in OPS, "task.op", f"unknown operation {t.op!r}; choose from {list(OPS)}")
+        _check(t.op in ("", *OPS), "task.op", f"unknown operation {t.op!r}; choose from {list(OPS)}")
         _check(t.p >= 2, "task.p", f"{t.p} is not a modulus >= 2")
         if t.op in DIVIDES:
             _check(is_prime(t.p), "task.p", f"{t.p} is not prime; {t.op} needs inverses mod p")
         _check(0 < t.train_fraction < 1, "task.train_fraction", f"{t.train_fraction} is not in (0, 1)")
-        n = t.p * (t.p - 1 if OPS[t.op][1] else t.p)
+        n = t.p * (t.p - 1 if OPS[t.op or "x+y"][1] else t.p)
         _check(1 <= round(t.train_fraction * n) < n, "task.train_fraction",
                f"{t.train_fraction} leaves an empty split of the {n} examples")
 
@@ -183,7 +197,11 @@ def validate(cfg: Config) -> None:
         _check(v >= low, f"train.{key}", f"{v} is not >= {low}")
     _check(tr.decay_steps is None or tr.decay_steps >= 1, "train.decay_steps", f"{tr.decay_steps} is not >= 1")
     _check(tr.grad_clip >= 0, "train.grad_clip", f"{tr.grad_clip} is negative")
+    _check(tr.grokfast_lambda >= 0, "train.grokfast_lambda", f"{tr.grokfast_lambda} is negative")
+    _check(0 <= tr.grokfast_alpha < 1, "train.grokfast_alpha", f"{tr.grokfast_alpha} is not in [0, 1)")
     _check(tr.stop_at is None or 0 < tr.stop_at <= 1, "train.stop_at", f"{tr.stop_at} is not in (0, 1]")
+    stop_metrics = ("val/exact_match", "val/clean_exact_match", "train/exact_match")
+    _check(tr.stop_metric in stop_metrics, "train.stop_metric", f"{tr.stop_metric!r} is not one of {stop_metrics}")
     _check(tr.precision in ("32", "bf16"), "train.precision", f"{tr.precision!r} is not '32' or 'bf16'")
     _check(tr.accelerator in ("auto", "cpu", "gpu"), "train.accelerator",
            f"{tr.accelerator!r} is not auto, cpu or gpu")

@@ -56,24 +56,42 @@ class LabModule(L.LightningModule):
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
         self.last_eval: dict[str, float] = {}  # the latest evaluation's metrics, float64
         self.per_token_loss = True  # return the float64 per-token loss (the bits callback needs it)
+        self.grad_ema: dict[str, torch.Tensor] = {}  # Grokfast's slow gradient, when enabled
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
     # -- training -------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T) rows -> (mean cross-entropy over the coded positions, logits (B, T-1, V))."""
+        logits = self.model(x[:, :-1])  # (B, T-1, V)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
+        return nll[:, self.loss_mask].mean(), logits
+
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         x = batch["x"]  # (B, T)
-        targets = x[:, 1:]  # (B, T-1)
-        logits = self.model(x[:, :-1])  # (B, T-1, V)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T-1)
-        loss = nll[:, self.loss_mask].mean()
+        loss, logits = self.loss(x)
         self.examples_seen += int(batch["n_global"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("examples_seen", float(self.examples_seen))
         if not self.per_token_loss:
             return {"loss": loss}
-        return {"loss": loss, "token_loss": token_nats(logits, targets)}
+        return {"loss": loss, "token_loss": token_nats(logits, x[:, 1:])}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Grokfast-EMA (Lee et al. 2024): amplify the slow component of the gradient,
+        g <- g + lambda * ema(g), ema <- alpha * ema + (1 - alpha) * g."""
+        lam, alpha = self.cfg.train.grokfast_lambda, self.cfg.train.grokfast_alpha
+        if lam <= 0:
+            return
+        for name, p in self.model.named_parameters():
+            if p.grad is None:
+                continue
+            ema = self.grad_ema.get(name)
+            self.grad_ema[name] = ema = p.grad.detach().clone() if ema is None else ema.mul_(alpha).add_(
+                p.grad.detach(), alpha=1 - alpha)
+            p.grad.add_(ema, alpha=lam)
 
     def configure_optimizers(self):
         tr = self.cfg.train
@@ -125,6 +143,8 @@ class LabModule(L.LightningModule):
                 acc = s["correct"] / s["n"]
                 metrics.update({f"val/acc/{names[t]}": float(acc[j])
                                 for j, t in enumerate(self.task.answer_positions)})
+            elif name == "val_clean":  # noisy labels: the held-out rows scored against the true rule
+                metrics["val/clean_exact_match"] = exact
             else:
                 metrics[f"{name}/eval_loss"] = float(nats[mask].mean())
                 metrics[f"{name}/exact_match"] = exact
@@ -132,12 +152,11 @@ class LabModule(L.LightningModule):
         log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
         self.last_eval = metrics
         self.log_dict({k: v for k, v in metrics.items() if k != "val/exact_match"}, logger=False)
-        exact = metrics.get("val/exact_match")
-        if exact is not None:
-            self.log("val/exact_match", exact, prog_bar=True, logger=False)
-            stop_at = self.cfg.train.stop_at
-            if stop_at is not None and exact >= stop_at:
-                self.trainer.should_stop = True
+        if "val/exact_match" in metrics:
+            self.log("val/exact_match", metrics["val/exact_match"], prog_bar=True, logger=False)
+        target, stop_at = metrics.get(self.cfg.train.stop_metric), self.cfg.train.stop_at
+        if stop_at is not None and target is not None and target >= stop_at:
+            self.trainer.should_stop = True
 
     # -- checkpoint extras ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -146,11 +165,13 @@ class LabModule(L.LightningModule):
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "config": to_dict(self.cfg),
+            "grad_ema": {k: v.cpu() for k, v in self.grad_ema.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         lab = checkpoint["lab"]
         self.examples_seen = lab["examples_seen"]
+        self.grad_ema = {k: v.to(self.device) for k, v in lab.get("grad_ema", {}).items()}
         torch.set_rng_state(lab["torch_rng"])
         if lab["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(lab["cuda_rng"])

@@ -5,6 +5,7 @@
         metrics.jsonl        one row per log step: train/..., bits/..., val/..., dl/..., examples_seen
         positions.csv        per predicted position: floor, total and excess bits (at the end)
         summary.json         final figures of the run
+        grokking.png         finite tasks: accuracy, dl/table and losses against steps
         checkpoints/         last.ckpt and the latest periodic step-*.ckpt
         wandb/               the wandb run (offline unless wandb is set up)
 """
@@ -29,6 +30,8 @@ from lab.config import Config, ConfigError, diff, load, to_dict, to_yaml
 from lab.data import LabData
 from lab.loggers import JsonlLogger, make_wandb_logger
 from lab.module import LabModule
+from lab.plots import grokking_figure
+from lab.probes import GrokkingProbes
 from lab.tasks import make_task
 
 
@@ -101,7 +104,8 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
 
     bits = Bits(task, cfg.log.every, run_dir)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
-    callbacks = [bits, Report(), checkpoints]
+    probes = GrokkingProbes(task)
+    callbacks = [bits, probes, Report(), checkpoints]
     if cfg.log.progress_bar:
         callbacks.append(ProgressBar(refresh_rate=10))
     callbacks += extra_callbacks or []
@@ -147,8 +151,11 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
         "interrupted": checkpoints.stop_requested,
         **{k: v for k, v in module.last_eval.items() if k.startswith(("val/", "train/"))},
         **bits.last_dl,
+        **{k: v for k, v in probes.last.items() if not k.startswith("grok/fourier/")},
         **bits.totals(),
     }
     if trainer.is_global_zero:
+        if task.finite:
+            summary["marks"] = grokking_figure(run_dir)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return RunResult(run_dir, module, trainer, bits, summary)

@@ -5,8 +5,10 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from lab.tasks import Addition, Modular
-from lab.tasks.modular import OPS
+from lab.tasks import Addition, Modular, Permutation
+from lab.tasks.modular import OPS, noise_floor
+from lab.tasks.permutation import OPS as PERM_OPS
+from lab.tasks.permutation import PERMS
 
 
 def conditional_entropies(dist: dict[tuple, float]) -> np.ndarray:
@@ -135,3 +137,65 @@ def test_label_noise_is_fixed_per_example_and_never_right():
     assert abs(flipped.mean() - 0.1) < 0.02
     again = Modular("x+y", 97, 0.5, label_noise=0.1)
     np.testing.assert_array_equal(again.table, task.table)
+
+
+@pytest.mark.parametrize("leading_zeros,reverse", [(False, False), (True, True), (False, True)])
+def test_addition_label_noise_floor_is_exact(leading_zeros, reverse):
+    eps = 0.1
+    task = Addition(1, leading_zeros, reverse, "all", n_heldout=0, label_noise=eps)
+    lo = 0 if leading_zeros else 1
+    dist = {}
+    for a in range(lo, 10):
+        for b in range(lo, 10):
+            clean = task.encode([a], [b])[0]
+            for wrong in range(100):  # every 2-digit answer string, with its probability
+                row = clean.copy()
+                digits = [wrong // 10, wrong % 10]
+                row[task.answer_start : task.answer_start + 2] = digits[::-1] if reverse else digits
+                right = (row == clean).all()
+                dist[tuple(row)] = ((1 - eps) if right else eps / 99) / (10 - lo) ** 2
+    np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
+    answer = task.floor_bits[task.answer_start - 1 :].sum()
+    assert answer == pytest.approx(-eps * math.log2(eps) - (1 - eps) * math.log2(1 - eps) + eps * math.log2(99))
+
+
+def test_addition_label_noise_in_the_stream_and_held_out():
+    task = Addition(8, n_heldout=2000, label_noise=0.1)
+    x = np.concatenate([task.train_batch(s, 512).x for s in range(4)])
+    a, b = task.operands(x)
+    flipped = (task.encode(a, b) != x).any(1)
+    assert abs(flipped.mean() - 0.1) < 0.03
+    np.testing.assert_array_equal(x[:, :19], task.encode(a, b)[:, :19])  # operands untouched
+    sets = task.eval_sets()
+    assert set(sets) == {"val", "val_clean"}
+    assert 0.05 < (sets["val"] != sets["val_clean"]).any(1).mean() < 0.15
+    clean = Addition(8, n_heldout=2000)
+    np.testing.assert_array_equal(clean.eval_sets()["val"], sets["val_clean"])
+
+
+@pytest.mark.parametrize("op", list(PERM_OPS))
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_permutation_tasks(op, noise):
+    task = Permutation(op, 0.3, "all", label_noise=noise)
+    assert task.table_size() == 14400 and task.vocab_size == 122
+    x, y = PERMS[task.table[:, 0]], PERMS[task.table[:, 2]]
+    z = PERMS[task.clean_answers]
+    for i in range(0, 14400, 997):  # composition as functions: (x*y)(k) = x(y(k))
+        xi, yi = x[i], y[i]
+        xy = [xi[yi[k]] for k in range(5)]
+        inv = [int(np.argwhere(xi == k)[0, 0]) for k in range(5)]
+        expected = {"x*y": xy, "x*y*x^-1": [xy[inv[k]] for k in range(5)], "x*y*x": [xy[xi[k]] for k in range(5)]}[op]
+        assert z[i].tolist() == expected
+    # the floor by enumeration: every (x, y) equally likely, the answer noisy as defined
+    dist = {}
+    clean = task.table.copy()
+    clean[:, -1] = task.clean_answers
+    for row in clean[:: 120 * 7 + 1].tolist():  # the floor is per-row: a subset of rows suffices
+        for zz in range(120):
+            prob = (1 - noise) if zz == row[-1] else noise / 119
+            if prob > 0:
+                dist[(*row[:-1], zz)] = prob
+    H = conditional_entropies({k: v / sum(dist.values()) for k, v in dist.items()})
+    np.testing.assert_allclose(task.floor_bits[2:], H[2:], atol=1e-9)  # '=' and the answer
+    if noise:
+        assert task.floor_bits[3] == pytest.approx(noise_floor(noise, 120))

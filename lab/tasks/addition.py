@@ -16,6 +16,11 @@ a7 and b7 cost log2 9 (no leading zero), the other 14 operand digits log2 10 eac
 `+` on is determined by what came before (floor 0). For n = 8 that is 2 (log2 9 + 7 log2 10) = 52.85
 bits per example; with `leading_zeros` (operands uniform on [0, 10^n - 1]) it is 16 log2 10 = 53.15.
 
+`label_noise` eps replaces the whole answer, w.p. eps, by one of the other 10^(n+1) - 1 digit strings
+of its length, drawn uniformly (fixed per example: once per stream position, once for the held-out
+set). The answer then carries H(eps) + eps log2(10^(n+1) - 1) bits, split over its digits exactly as
+`noisy_answer_floor` derives.
+
 The stream never yields a held-out pair: colliding rows are redrawn. This conditions the operand law on
 "not held out", which moves the floor by about n_heldout / 10^(2n) of a bit (1e-13 for n = 8).
 """
@@ -39,11 +44,13 @@ class Addition(Task):
         loss_on: str = "all",
         n_heldout: int = 2000,
         seed: int = 0,
+        label_noise: float = 0.0,
     ):
         self.n = n_digits
         self.leading_zeros = leading_zeros
         self.reverse_answer = reverse_answer
         self.seed = seed
+        self.label_noise = label_noise
         self.lo = 0 if leading_zeros else 10 ** (n_digits - 1)
         self.hi = 10**n_digits - 1
         n = n_digits
@@ -62,7 +69,7 @@ class Addition(Task):
         first = log2(10) if leading_zeros else log2(9)
         operand = np.array([first] + [log2(10)] * (n - 1))
         zeros = np.zeros(1)
-        answer = np.zeros(n + 2)
+        answer = np.append(noisy_answer_floor(label_noise, n + 1), 0.0)  # c digits, then e
         self.floor_bits = np.concatenate([operand, zeros, operand, zeros, answer])
         carry = np.array([1.0] + [log2(10)] * n)  # c_n is a carry: 0 or 1
         if reverse_answer:
@@ -75,6 +82,8 @@ class Addition(Task):
 
         self.heldout_pairs = self._draw_heldout(n_heldout)
         self._heldout_set = set(map(tuple, self.heldout_pairs.tolist()))
+        self._heldout_clean = self.encode(self.heldout_pairs[:, 0], self.heldout_pairs[:, 1])
+        self._heldout = self._add_noise(self._heldout_clean.copy(), rng_for(seed, 6))
 
     # -- encoding -------------------------------------------------------------------------------------
     def _digits(self, v: np.ndarray, width: int) -> np.ndarray:
@@ -114,6 +123,13 @@ class Addition(Task):
             pairs = np.unique(np.concatenate([pairs, self._draw(rng, count - len(pairs))]), axis=0)
         return rng.permutation(pairs)
 
+    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        return step * batch_size + np.arange(batch_size, dtype=np.int64), np.ones(batch_size, dtype=bool)
+
+    @property
+    def first_tokens(self) -> np.ndarray:
+        return np.array([S])
+
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = rng_for(self.seed, 1, step)
         pairs = self._draw(rng, batch_size)  # (B, 2)
@@ -121,11 +137,48 @@ class Addition(Task):
         while held.any():  # redraw collisions with the held-out set
             pairs[held] = self._draw(rng, int(held.sum()))
             held = self._held_out_rows(pairs)
-        ids = step * batch_size + np.arange(batch_size, dtype=np.int64)
-        return Batch(self.encode(pairs[:, 0], pairs[:, 1]), ids, np.ones(batch_size, dtype=bool))
+        x = self._add_noise(self.encode(pairs[:, 0], pairs[:, 1]), rng_for(self.seed, 5, step))
+        return Batch(x, *self.schedule(step, batch_size))
+
+    def _add_noise(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Replace the answer of each row w.p. label_noise by a uniformly drawn other digit string."""
+        if self.label_noise <= 0:
+            return x
+        m = self.n + 1
+        cols = slice(self.answer_start, self.answer_start + m)
+        digits = x[:, cols][:, ::-1] if self.reverse_answer else x[:, cols]  # (B, m) most significant first
+        value = digits @ (10 ** np.arange(m - 1, -1, -1, dtype=np.int64))  # (B,)
+        flip = rng.random(len(x)) < self.label_noise
+        shift = rng.integers(1, 10**m, size=len(x))  # 1..K-1: never the right answer
+        wrong = self._digits((value + shift) % 10**m, m)
+        x[flip, cols] = wrong[flip][:, ::-1] if self.reverse_answer else wrong[flip]
+        return x
 
     def _held_out_rows(self, pairs: np.ndarray) -> np.ndarray:
         return np.array([(a, b) in self._heldout_set for a, b in pairs.tolist()], dtype=bool)
 
     def eval_sets(self) -> dict[str, np.ndarray]:
-        return {"val": self.encode(self.heldout_pairs[:, 0], self.heldout_pairs[:, 1])}
+        if self.label_noise > 0:  # noisy held-out labels, and the true sums to score the rule
+            return {"val": self._heldout, "val_clean": self._heldout_clean}
+        return {"val": self._heldout}
+
+
+def noisy_answer_floor(eps: float, m: int) -> np.ndarray:
+    """Entropy in bits of each of m answer digits (in writing order) when the answer is right w.p. 1 - eps
+    and otherwise uniform over the other 10^m - 1 strings of m digits.
+
+    P_j = P(first j digits right) = (1 - eps) + eps (10^(m-j) - 1) / (K - 1), K = 10^m. After a wrong
+    digit the rest is uniform (log2 10 each); after j right digits the next is right w.p. P_{j+1} / P_j
+    and each of the 9 others has probability eps 10^(m-j-1) / ((K - 1) P_j). The sum over digits is
+    H(eps) + eps log2(K - 1)."""
+    out = np.zeros(m)
+    if eps <= 0:
+        return out
+    K = 10**m
+    P = [(1 - eps) + eps * (10 ** (m - j) - 1) / (K - 1) for j in range(m + 1)]
+    for j in range(m):
+        q = P[j + 1] / P[j]
+        r = eps * 10 ** (m - j - 1) / ((K - 1) * P[j])
+        h = -(q * np.log2(q) if q > 0 else 0.0) - 9 * (r * np.log2(r) if r > 0 else 0.0)
+        out[j] = P[j] * h + (1 - P[j]) * np.log2(10)
+    return out

@@ -105,7 +105,17 @@ class Task:
         return " ".join(self.vocab[int(t)] for t in row)
 
     # -- data -----------------------------------------------------------------------------------------
+    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, new) of batch `step`: which examples it holds and which are seen for the first time.
+        Part of the shared algorithm, not of the data: a decoder may know it without the examples."""
+        raise NotImplementedError
+
     def train_batch(self, step: int, batch_size: int) -> Batch:
+        raise NotImplementedError
+
+    @property
+    def first_tokens(self) -> np.ndarray:
+        """The values the first (never predicted) token can take: a coder sends it uniformly."""
         raise NotImplementedError
 
     def eval_sets(self) -> dict[str, np.ndarray]:

@@ -88,17 +88,30 @@ class Finite(Task):
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.train_idx) / batch_size)
 
-    def train_batch(self, step: int, batch_size: int) -> Batch:
+    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, j = divmod(step, self.steps_per_epoch(batch_size))
         order = rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))
-        ids = self.train_idx[order[j * batch_size : (j + 1) * batch_size]]
-        return Batch(self.table[ids], ids.astype(np.int64), np.full(len(ids), epoch == 0))
+        ids = self.train_idx[order[j * batch_size : (j + 1) * batch_size]].astype(np.int64)
+        return ids, np.full(len(ids), epoch == 0)
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        ids, new = self.schedule(step, batch_size)
+        return Batch(self.table[ids], ids, new)
+
+    @property
+    def first_tokens(self) -> np.ndarray:
+        return self.answer_tokens  # x ranges over the same values as the answer
 
     def eval_sets(self) -> dict[str, np.ndarray]:
-        return {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
+        sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
+        if (self.table[:, -1] != self.clean_answers).any():  # label noise: also score the true rule
+            clean = self.table[self.val_idx].copy()
+            clean[:, -1] = self.clean_answers[self.val_idx]
+            sets["val_clean"] = clean
+        return sets
 
     def eval_ids(self) -> dict[str, np.ndarray]:
-        return {"val": self.val_idx, "train": self.train_idx}
+        return {"val": self.val_idx, "train": self.train_idx, "val_clean": self.val_idx}
 
 
 class Modular(Finite):

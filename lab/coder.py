@@ -1,0 +1,248 @@
+"""The training stream, really compressed: arithmetic coding with the model being trained (NNCP).
+
+Sender, for each batch of the stream: code every token of each new example with the current model's
+distribution (first token uniformly; it is never predicted), then take the same optimizer step the
+training run takes. Receiver: rebuild the same initial model from the config and seed, then for each
+batch decode position by position (each position's distribution needs the decoded prefix), and take
+the same step. Revisited examples (finite tasks, later epochs) are not coded: the receiver has them.
+
+Determinism: on a CPU the bits of a forward pass depend on the tensor's shape. Both sides therefore
+compute every coding distribution from a forward pass over the whole (B, T-1) batch input, the
+positions the receiver does not know yet filled with token 0 (causal attention makes them irrelevant,
+and the same shape gives the same bits). Dropout must be off; the thread count is fixed by the file.
+Each batch's coding distributions have a checksum in the file: a receiver that diverges stops with an
+error instead of writing a wrong stream.
+
+File: b"CLAB" | u32 header length | JSON header | u32 code words | sha256 of everything before.
+Probabilities are quantized by constriction's Categorical model (24-bit fixed point, perfect=False),
+the same on both sides because they see the same float64 arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import constriction
+import lightning as L
+import numpy as np
+import torch
+
+from lab.config import Config, ConfigError, from_dict, to_dict
+from lab.module import LabModule
+from lab.tasks import make_task
+
+FORMAT = 1
+MAGIC = b"CLAB"
+LIBRARIES = ("torch", "numpy", "constriction", "compression-lab")
+CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+
+
+class CodecError(RuntimeError):
+    """A file that cannot be decoded faithfully: corrupted, truncated, or from another set-up."""
+
+
+def library_versions() -> dict[str, str]:
+    return {name: version(name) for name in LIBRARIES}
+
+
+@dataclass
+class Stats:
+    examples: int
+    coded_tokens: int
+    model_bits: float  # sum of -log2 q over the coded tokens (float64, before quantization)
+    code_bits: int  # size of the arithmetic code
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.coded_tokens / self.seconds
+
+
+class Replay:
+    """The training both sides run: the same initial weights, and one identical step per batch."""
+
+    def __init__(self, cfg: Config):
+        if cfg.model.dropout != 0:
+            raise ConfigError("model.dropout: must be 0 to compress (the receiver cannot replay dropout)")
+        if cfg.train.devices != 1 or cfg.train.precision != "32":
+            raise ConfigError("train.devices: compression runs one process in fp32")
+        torch.use_deterministic_algorithms(True)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        L.seed_everything(cfg.seed, verbose=False)  # the same initial weights as `lab train`
+        self.cfg, self.task = cfg, make_task(cfg)
+        self.module = LabModule(self.cfg, self.task)
+        conf = self.module.configure_optimizers()
+        self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        self.batch_size = cfg.train.batch_size or len(self.task.train_idx)
+        self.param_checksum_at_start = self.param_checksum()
+
+    def param_checksum(self) -> str:
+        h = hashlib.sha256()
+        for p in self.module.model.parameters():
+            h.update(p.detach().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(B, T) rows (unknown positions 0) -> (B, T-1, V) float64 coding distributions."""
+        self.module.model.eval()
+        logits = self.module.model(torch.from_numpy(x[:, :-1]))  # (B, T-1, V)
+        return torch.softmax(logits.double(), dim=-1).numpy()
+
+    def step(self, x: np.ndarray) -> None:
+        """One training step on the whole batch, as Lightning's loop takes it."""
+        self.module.model.train()
+        loss, _ = self.module.loss(torch.from_numpy(x))
+        loss.backward()
+        self.module.on_before_optimizer_step(self.opt)  # Grokfast, when enabled
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def plan(self, n_examples: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(step, ids, new) of the batches holding the first n_examples of the stream."""
+        out, done = [], 0
+        while done < n_examples:
+            ids, new = self.task.schedule(len(out), self.batch_size)
+            take = min(len(ids), n_examples - done)
+            out.append((len(out), ids[:take], new[:take]))
+            done += take
+        return out
+
+
+def _checksum(h) -> str:
+    return h.hexdigest()[:16]
+
+
+def compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
+    t0 = time.time()
+    replay = Replay(cfg)
+    task = replay.task
+    first = {int(t): i for i, t in enumerate(task.first_tokens)}
+    encoder = constriction.stream.queue.RangeEncoder()
+    checksums, coded, model_bits = [], 0, 0.0
+    plan = replay.plan(n_examples)
+    for step, ids, new in plan:
+        x = task.train_batch(step, replay.batch_size).x[: len(ids)]  # (B, T) the data to send
+        probs = replay.probabilities(x)  # (B, T-1, V)
+        h = hashlib.sha256()
+        rows = np.flatnonzero(new)
+        if len(rows) and len(first) > 1:
+            encoder.encode(np.array([first[int(t)] for t in x[rows, 0]], dtype=np.int32),
+                           constriction.stream.model.Uniform(len(first)))
+            model_bits += len(rows) * math.log2(len(first))
+        for t in range(task.seq_len - 1):  # position-major: the order the receiver decodes in
+            if len(rows) == 0:
+                break
+            p = np.ascontiguousarray(probs[rows, t])  # (n, V)
+            symbols = x[rows, t + 1].astype(np.int32)
+            encoder.encode(symbols, CATEGORICAL, p)
+            h.update(p.tobytes())
+            model_bits -= float(np.log2(p[np.arange(len(rows)), symbols]).sum())
+            coded += len(rows)
+        checksums.append(_checksum(h))
+        if step < len(plan) - 1:  # (no step after the last batch: nothing is coded after it)
+            replay.step(x)
+    code = encoder.get_compressed()  # uint32 words
+    header = {
+        "format": FORMAT, "config": to_dict(cfg), "libraries": library_versions(),
+        "threads": torch.get_num_threads(), "examples": n_examples, "params": replay.param_checksum_at_start,
+        "batches": checksums, "coded_tokens": coded, "model_bits": model_bits,
+    }
+    _write(Path(out), header, code)
+    return Stats(n_examples, coded, model_bits, 32 * len(code), time.time() - t0)
+
+
+def _write(path: Path, header: dict, code: np.ndarray) -> None:
+    head = json.dumps(header).encode()
+    body = MAGIC + struct.pack("<I", len(head)) + head + code.astype("<u4").tobytes()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def read(path: str | Path) -> tuple[dict, np.ndarray]:
+    """Header and code of a file, after checking its integrity."""
+    data = Path(path).read_bytes()
+    if len(data) < 8 + 32 or data[:4] != MAGIC:
+        raise CodecError(f"{path}: not a Compression Lab file (or truncated)")
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise CodecError(f"{path}: checksum mismatch: the file is corrupted or truncated")
+    (n,) = struct.unpack("<I", body[4:8])
+    header = json.loads(body[8 : 8 + n])
+    code = np.frombuffer(body[8 + n :], dtype="<u4").astype(np.uint32)
+    return header, code
+
+
+def decompress(path: str | Path, out: str | Path) -> Stats:
+    t0 = time.time()
+    header, code = read(path)
+    if header.get("format") != FORMAT:
+        raise CodecError(f"{path}: format {header.get('format')} is not {FORMAT}")
+    mine = library_versions()
+    for lib, v in header["libraries"].items():
+        if mine.get(lib) != v:
+            raise CodecError(f"{path}: written with {lib} {v}, this is {lib} {mine.get(lib)}: decoding would diverge")
+    cfg = from_dict(header["config"])
+    torch.set_num_threads(header["threads"])
+    replay = Replay(cfg)
+    if replay.param_checksum_at_start != header["params"]:
+        raise CodecError(f"{path}: the initial weights differ from the sender's (config or code changed)")
+    task = replay.task
+    first = task.first_tokens
+    decoder = constriction.stream.queue.RangeDecoder(code)
+    n = header["examples"]
+    store: dict[int, np.ndarray] = {}
+    lines = []
+    coded = 0
+    plan = replay.plan(n)
+    for step, ids, new in plan:
+        B, T = len(ids), task.seq_len
+        x = np.zeros((B, T), dtype=np.int64)
+        rows = np.flatnonzero(new)
+        for i in np.flatnonzero(~new):
+            x[i] = store[int(ids[i])]
+        if len(rows):
+            x[rows, 0] = first[decoder.decode(constriction.stream.model.Uniform(len(first)), len(rows))] \
+                if len(first) > 1 else first[0]
+        h = hashlib.sha256()
+        for t in range(T - 1):
+            if len(rows) == 0:
+                break
+            p = np.ascontiguousarray(replay.probabilities(x)[rows, t])  # (n, V) from the decoded prefix
+            x[rows, t + 1] = decoder.decode(CATEGORICAL, p)
+            h.update(p.tobytes())
+            coded += len(rows)
+        if _checksum(h) != header["batches"][step]:
+            raise CodecError(f"{path}: decoding diverged from the sender at batch {step} "
+                             f"(different machine arithmetic, threads or code); nothing was written")
+        for i in rows:
+            store[int(ids[i])] = x[i].copy()
+        lines += [task.to_text(row) for row in x]
+        if step < len(plan) - 1:
+            replay.step(x)
+    tmp = Path(str(out) + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(out)
+    return Stats(n, coded, header["model_bits"], 32 * len(code), time.time() - t0)
+
+
+def dump(cfg: Config, n_examples: int, out: str | Path) -> None:
+    """The first n_examples of the training stream as text, one example per line."""
+    task = make_task(cfg)
+    batch = cfg.train.batch_size or len(task.train_idx)
+    lines, step = [], 0
+    while len(lines) < n_examples:
+        x = task.train_batch(step, batch).x
+        lines += [task.to_text(row) for row in x[: n_examples - len(lines)]]
+        step += 1
+    Path(out).write_text("".join(lines))
