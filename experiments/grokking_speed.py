@@ -57,7 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     lines = [f"\n### {time.strftime('%Y-%m-%d %H:%M')} | torch threads {torch.get_num_threads()} | "
              f"max_steps {args.max_steps}\n",
-             "| variant | overrides | steps | to 99% val? | fit s | val acc | acc>=0.9 at | dl/table half at | final dl/table |",
+             "| variant | overrides | steps | to 99% val? | fit s | val acc | acc>=0.9 at | dl/table half at "
+             "| final dl/table |",
              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:

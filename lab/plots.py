@@ -86,7 +86,7 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
 
     for ax in axes:
         ax.set_xscale("log")
-        for (name, step), color in zip(marks.items(), ("C2", "C3")):
+        for step, color in zip(marks.values(), ("C2", "C3")):
             if step is not None:
                 ax.axvline(step, color=color, alpha=0.5, linestyle="-.")
         ax.legend(fontsize=8, loc="best")
