@@ -6,10 +6,11 @@ training run takes. Receiver: rebuild the same initial model from the config and
 batch decode position by position (each position's distribution needs the decoded prefix), and take
 the same step. Revisited examples (finite tasks, later epochs) are not coded: the receiver has them.
 
-Determinism: on a CPU the bits of a forward pass depend on the tensor's shape. Both sides therefore
-compute every coding distribution from a forward pass over the whole (B, T-1) batch input, the
-positions the receiver does not know yet filled with token 0 (causal attention makes them irrelevant,
-and the same shape gives the same bits). Dropout must be off; the thread count is fixed by the file.
+Determinism: on a CPU the bits of a forward pass depend on the tensor's shape, and the receiver only
+knows a prefix. Both sides therefore compute the coding distributions the same way: incrementally, one
+position at a time for the whole (B,) batch, with a key/value cache (`Coding`). The same calls on the
+same shapes and the same values give the same bits, and each side pays about one forward pass per
+batch. Dropout must be off; the thread count is fixed by the file.
 Each batch's coding distributions have a checksum in the file: a receiver that diverges stops with an
 error instead of writing a wrong stream.
 
@@ -65,6 +66,19 @@ class Stats:
         return self.coded_tokens / self.seconds
 
 
+class Coding:
+    """The coding distributions of one batch, position by position: feed token t, get q(x_{t+1} | x_<=t)."""
+
+    def __init__(self, model):
+        self.model, self.cache = model, []
+
+    @torch.no_grad()
+    def next(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (B,) at the next position -> (B, V) float64 distribution of the token after it."""
+        logits = self.model(torch.from_numpy(tokens)[:, None], self.cache)[:, -1]  # (B, V)
+        return torch.softmax(logits.double(), dim=-1).numpy()
+
+
 class Replay:
     """The training both sides run: the same initial weights, and one identical step per batch."""
 
@@ -90,12 +104,9 @@ class Replay:
             h.update(p.detach().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    @torch.no_grad()
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(B, T) rows (unknown positions 0) -> (B, T-1, V) float64 coding distributions."""
+    def coding(self) -> Coding:
         self.module.model.eval()
-        logits = self.module.model(torch.from_numpy(x[:, :-1]))  # (B, T-1, V)
-        return torch.softmax(logits.double(), dim=-1).numpy()
+        return Coding(self.module.model)
 
     def step(self, x: np.ndarray) -> None:
         """One training step on the whole batch, as Lightning's loop takes it."""
@@ -134,7 +145,7 @@ def compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
     plan = replay.plan(n_examples)
     for step, ids, new in plan:
         x = task.train_batch(step, replay.batch_size).x[: len(ids)]  # (B, T) the data to send
-        probs = replay.probabilities(x)  # (B, T-1, V)
+        coding = replay.coding()
         h = hashlib.sha256()
         rows = np.flatnonzero(new)
         if len(rows) and len(first) > 1:
@@ -144,7 +155,7 @@ def compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
         for t in range(task.seq_len - 1):  # position-major: the order the receiver decodes in
             if len(rows) == 0:
                 break
-            p = np.ascontiguousarray(probs[rows, t])  # (n, V)
+            p = np.ascontiguousarray(coding.next(x[:, t])[rows])  # (n, V)
             symbols = x[rows, t + 1].astype(np.int32)
             encoder.encode(symbols, CATEGORICAL, p)
             h.update(p.tobytes())
@@ -215,10 +226,11 @@ def decompress(path: str | Path, out: str | Path) -> Stats:
             x[rows, 0] = first[decoder.decode(constriction.stream.model.Uniform(len(first)), len(rows))] \
                 if len(first) > 1 else first[0]
         h = hashlib.sha256()
+        coding = replay.coding()
         for t in range(T - 1):
             if len(rows) == 0:
                 break
-            p = np.ascontiguousarray(replay.probabilities(x)[rows, t])  # (n, V) from the decoded prefix
+            p = np.ascontiguousarray(coding.next(x[:, t])[rows])  # (n, V) from the decoded prefix
             x[rows, t + 1] = decoder.decode(CATEGORICAL, p)
             h.update(p.tobytes())
             coded += len(rows)

@@ -41,8 +41,11 @@ def grokking_marks(rows: list[dict]) -> dict[str, float | None]:
 def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[str, float | None]:
     """Accuracy, dl/table and per-answer losses against steps (log axis), with the marks drawn."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    path = run_dir / "metrics.jsonl"
+    rows = read_metrics(path) if path.exists() else []
     marks = grokking_marks(rows)
+    if not rows:  # a run shorter than one log interval: nothing to draw
+        return marks
     fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
 
     ax = axes[0]

@@ -1,0 +1,130 @@
+"""The lab's code length beside the compressors people know, on the same examples.
+
+    python experiments/compressors.py [--sizes 10000 100000 1000000] [--decode-max 10000]
+                                      [--tasks addition modular]
+
+For each task and N: the first N examples of the training stream as text (`python -m lab dump`),
+compressed by gzip -9, bzip2 -9, xz -9e and zstd -19 (those found on PATH); the prequential bits the
+bits callback logs in a training run over the same N examples (`python -m lab train`); the size of the
+lab's real arithmetic-coded file (`python -m lab compress`), round-tripped by `python -m lab decompress`
+for N <= --decode-max; and the floor. Prints one table in bits per example and total size, then the
+coder's speed.
+
+Tasks: 8-digit addition (configs/addition.yaml, every token coded) and a+b mod 97
+(configs/grokking.yaml with task.loss_on=all, so the model also codes y; x is sent uniformly). The
+modular stream revisits its train split epoch after epoch: its floor counts first-pass examples only
+(a receiver that knows the schedule gets revisits free; text compressors see them as repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+COMPRESSORS = {"gzip -9": ["gzip", "-9", "-c"], "bzip2 -9": ["bzip2", "-9", "-c"],
+               "xz -9e": ["xz", "-9e", "-c"], "zstd -19": ["zstd", "-19", "-c", "-q"]}
+TASKS = {
+    "addition": ("configs/addition.yaml", []),
+    "modular": ("configs/grokking.yaml", ["task.loss_on=all"]),
+}
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+
+
+def lab(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, env=ENV)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    return out.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--decode-max", type=int, default=10_000)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    args = ap.parse_args()
+    from lab.config import load
+    from lab.tasks import make_task
+
+    found = {k: v for k, v in COMPRESSORS.items() if shutil.which(v[0])}
+    missing = sorted(set(COMPRESSORS) - set(found))
+    rows, speed = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in args.tasks:
+            config, overrides = TASKS[name]
+            cfg = load(config, overrides)
+            task = make_task(cfg)
+            batch = cfg.train.batch_size or len(task.train_idx)
+            for n in args.sizes:
+                text = tmp / f"{name}-{n}.txt"
+                lab("dump", config, *overrides, "--examples", str(n), "-o", str(text))
+                sizes = {k: len(subprocess.run(cmd + [str(text)], capture_output=True, check=True).stdout) * 8
+                         for k, cmd in found.items()}
+                steps = math.ceil(n / batch)
+                run = f"{name}-{n}"
+                lab("train", config, *overrides, f"train.max_steps={steps}", "train.stop_at=null",
+                    f"train.eval_every={steps + 1}", f"log.dir={tmp}", f"log.name={run}", "log.progress_bar=false",
+                    "log.wandb=false")
+                summary = json.loads((tmp / run / "summary.json").read_text())
+                first_pass = summary["bits/examples"]
+                logged = summary["bits/total"]
+                if task.finite:  # the coder also sends x uniformly; the callback does not count it
+                    logged += first_pass * math.log2(len(task.first_tokens))
+                code = tmp / f"{run}.clab"
+                enc = _timing(lab("compress", config, *overrides, "--examples", str(n), "-o", str(code)))
+                header = _header(code)
+                file_bits = code.stat().st_size * 8
+                code_bits = file_bits - 8 * (len(header) + 8 + 32)
+                dec = "-"
+                if n <= args.decode_max:
+                    dec_s, dec_tps = _timing(lab("decompress", str(code), "-o", str(tmp / "back.txt")))
+                    same = (tmp / "back.txt").read_bytes() == text.read_bytes()
+                    dec = (f"{dec_tps:.0f} tokens/s ({dec_s:.0f} s, {dec_s / enc[0]:.2f}x encode), "
+                           f"round trip {'exact' if same else 'WRONG'}")
+                floor_ex = task.floor_bits.sum() + math.log2(len(task.first_tokens))  # every token
+                floor = first_pass * floor_ex
+                rows.append((name, n, sizes, logged, code_bits, file_bits, floor))
+                speed.append(f"| {name} | {n} | {enc[1]:.0f} tokens/s ({enc[0]:.0f} s) | {dec} |")
+                print(f"done {name} {n}", file=sys.stderr, flush=True)
+
+    cols = list(found) + ["lab, logged bits", "lab, code", "lab, whole file", "floor"]
+    print("\nbits per example (total size in kB)\n")
+    print("| task | N | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for name, n, sizes, logged, code_bits, file_bits, floor in rows:
+        vals = [sizes[k] for k in found] + [logged, code_bits, file_bits, floor]
+        print(f"| {name} | {n} | " + " | ".join(f"{v / n:.2f} ({v / 8e3:.0f})" for v in vals) + " |")
+    if missing:
+        print(f"\nnot on this machine: {', '.join(missing)}")
+    print("\n'whole file' adds the JSON header: config, versions and a 16-hex-digit checksum per batch.")
+    print("\ncoder speed, coded tokens per second (each side also trains: one step per batch)\n")
+    print("| task | N | encode | decode |")
+    print("|---|---|---|---|")
+    print("\n".join(speed))
+
+
+def _timing(out: str) -> tuple[float, float]:
+    """(seconds, tokens/s) from the last line `... in S s (R tokens/s)` of compress / decompress."""
+    m = re.search(r"in ([0-9.]+) s \(([0-9.]+) tokens/s\)", out)
+    return float(m.group(1)), float(m.group(2))
+
+
+def _header(path: Path) -> bytes:
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<I", data[4:8])
+    return data[8 : 8 + n]
+
+
+if __name__ == "__main__":
+    main()
