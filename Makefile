@@ -3,7 +3,10 @@ PY      ?= .venv/bin/python
 ARGS    ?=
 .DEFAULT_GOAL := help
 
-.PHONY: help install test test-full lint addition grokking clean
+SWEEP   ?= configs/sweeps/grokking.yaml
+RUN     ?=
+
+.PHONY: help install test test-full lint addition grokking sweep report dashboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +31,16 @@ addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=va
 
 grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
 	$(PY) -m lab train configs/grokking.yaml $(ARGS)
+
+sweep: ## run a W&B sweep file locally, one run at a time (SWEEP=configs/sweeps/x.yaml), then report it
+	$(PY) -m lab sweep $(SWEEP) $(ARGS)
+	$(PY) -m lab report runs/sweeps/$$($(PY) -c "import yaml,sys,pathlib; p=pathlib.Path('$(SWEEP)'); print(yaml.safe_load(p.read_text()).get('name') or p.stem)")
+
+report: ## tables and figures for a run or a sweep directory (RUN=runs/...)
+	$(PY) -m lab report $(RUN)
+
+dashboard: ## build the wandb workspace (offline: validate and describe; ARGS=--save to create it online)
+	$(PY) -m lab dashboard $(ARGS)
 
 clean: ## remove caches (keeps runs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -25,11 +25,13 @@ VARIANTS = {
     "power": [],
     "lr3e-3": ["train.lr=3e-3"],
     "grokfast": ["train.grokfast_lambda=2.0"],
-    "lr3e-3+grokfast": ["train.lr=3e-3", "train.grokfast_lambda=2.0"],
-    "1layer-fullbatch": ["model.preset=grok-1l", "train.batch_size=0"],
-    "1layer-fullbatch-lr3e-3": ["model.preset=grok-1l", "train.batch_size=0", "train.lr=3e-3"],
     "batch256": ["train.batch_size=256"],
+    "batch128": ["train.batch_size=128"],
+    "batch256-lr2e-3": ["train.batch_size=256", "train.lr=2e-3"],
     "wd2": ["train.weight_decay=2.0"],
+    "batch256-wd2": ["train.batch_size=256", "train.weight_decay=2.0"],
+    "1layer": ["model.preset=grok-1l"],
+    "1layer-fullbatch": ["model.preset=grok-1l", "train.batch_size=0"],
 }
 
 

@@ -4,6 +4,9 @@
     compress CONFIG [key=value ...] --examples N -o FILE        arithmetic-code the training stream
     decompress FILE -o OUT                                      rebuild the stream by replaying training
     dump CONFIG [key=value ...] --examples N -o FILE            the stream as text, one example per line
+    sweep FILE [--parallel N] [--count N] [--dry-run]           run a W&B sweep file locally
+    report RUN_OR_SWEEP_DIR                                     tables and figures from local metrics
+    dashboard [--entity E] [--project P] [--save]               the wandb workspace, as code
 
     python -m lab train configs/addition.yaml model.n_layer=4 train.lr=2e-3
     python -m lab train train.resume=runs/addition-20261122-101500      # continue a stopped run
@@ -103,7 +106,55 @@ def cmd_dump(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compress": cmd_compress, "decompress": cmd_decompress, "dump": cmd_dump}
+def cmd_sweep(args: list[str]) -> int:
+    from lab.sweep import run_sweep
+
+    ap = argparse.ArgumentParser(prog="python -m lab sweep")
+    ap.add_argument("file")
+    ap.add_argument("overrides", nargs="*", help="key=value added to every run")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time (1 is fastest on 2 cores)")
+    ap.add_argument("--count", type=int, default=None, help="random sweeps: runs to draw (default run_cap)")
+    ap.add_argument("--seed", type=int, default=0, help="random sweeps: the seed of the draws")
+    ap.add_argument("--dir", default="runs/sweeps")
+    ap.add_argument("--dry-run", action="store_true", help="print the runs without running them")
+    ns = ap.parse_args(args)
+    results = run_sweep(ns.file, ns.dir, ns.parallel, ns.count, ns.seed, ns.dry_run, ns.overrides)
+    for r in results:
+        print(f"{r['run']}: {r['status']}" + (f"\n  {r['command']}" if "command" in r else ""))
+    failed = [r for r in results if r["status"].startswith("failed")]
+    print(f"{len(results)} runs, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_report(args: list[str]) -> int:
+    from lab.report import report
+
+    ap = argparse.ArgumentParser(prog="python -m lab report")
+    ap.add_argument("path")
+    ns = ap.parse_args(args)
+    r = report(ns.path)
+    if r["kind"] == "sweep":
+        print(f"{r['runs']} runs varying {', '.join(r['varying']) or 'nothing'}: final {r['metric']} against "
+              f"validation accuracy, Spearman rho = {r['spearman']:.3f}")
+    else:
+        print("\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in r["final"].items()))
+    print(f"figure {r['figure']}; tables report.csv, report.md beside it")
+    return 0
+
+
+def cmd_dashboard(args: list[str]) -> int:
+    from lab.dashboard import main as dashboard
+
+    ap = argparse.ArgumentParser(prog="python -m lab dashboard")
+    ap.add_argument("--entity", default=None)
+    ap.add_argument("--project", default="compression-lab")
+    ap.add_argument("--save", action="store_true")
+    ns = ap.parse_args(args)
+    return dashboard(ns.entity, ns.project, ns.save)
+
+
+COMMANDS = {"train": cmd_train, "compress": cmd_compress, "decompress": cmd_decompress, "dump": cmd_dump,
+            "sweep": cmd_sweep, "report": cmd_report, "dashboard": cmd_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

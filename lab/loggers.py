@@ -104,9 +104,10 @@ def make_wandb_logger(run_dir: Path, run_name: str, cfg_dict: dict, project: str
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    agent = "WANDB_SWEEP_ID" in os.environ or "WANDB_RUN_ID" in os.environ  # a wandb agent names the run
     logger = WandbLogger(
-        project=project, name=run_name, id=run_name.replace("/", "-"), resume="allow", group=group,
-        save_dir=str(run_dir), mode=mode, config=cfg_dict,
+        project=project, name=None if agent else run_name, id=None if agent else run_name.replace("/", "-"),
+        resume="allow", group=group, save_dir=str(run_dir), mode=mode, config=cfg_dict,
     )
     exp = logger.experiment  # starts the (offline) run now, not in the middle of the first step
     if hasattr(exp, "define_metric"):

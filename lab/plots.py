@@ -78,6 +78,7 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
         if floor > 0:
             ax.text(0.01, 0.02, "below the floor: memorised noise", transform=ax.transAxes, fontsize=8)
     ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("bits per answer")
     ax.set_xlabel("step")
     s, v = series(rows, "grok/weight_norm")
@@ -87,11 +88,12 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
         twin.set_ylabel("weight norm")
         twin.legend(loc="center right", fontsize=8)
 
-    for ax in axes:
+    labels = {"val_acc_0.9": "validation accuracy 0.9", "dl_half": "dl/table half-way down"}
+    for i, ax in enumerate(axes):
         ax.set_xscale("log")
-        for step, color in zip(marks.values(), ("C2", "C3")):
+        for (name, step), color in zip(marks.items(), ("C2", "C3")):
             if step is not None:
-                ax.axvline(step, color=color, alpha=0.5, linestyle="-.")
+                ax.axvline(step, color=color, alpha=0.5, linestyle="-.", label=labels[name] if i == 0 else None)
         ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     title = run_dir.name + "".join(f" | {k} at step {v:.0f}" for k, v in marks.items() if v is not None)

@@ -1,0 +1,166 @@
+"""Reports from local metrics: `python -m lab report RUN_OR_SWEEP_DIR`.
+
+For a run directory (it holds metrics.jsonl): report.csv / report.md with the final figures, and
+report.png: the bits-per-example curve with the floor and the epistemic area shaded, held-out exact
+match on a second axis, and a heatmap of the excess bits per position over examples seen.
+
+For a sweep directory (its subdirectories are runs): one row per run (the parameters that vary, the
+final figures) in report.csv / report.md, and report.png: final compression (dl/table for finite tasks,
+else the last bits/example) against final validation accuracy, one point per run, with the Spearman
+rank correlation printed. Compression tracking generalization shows as a strongly negative rho.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lab.config import ConfigError
+from lab.loggers import read_metrics
+from lab.plots import plt, series
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when undefined."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for val in np.unique(v):  # average ranks of ties
+            r[v == val] = r[v == val].mean()
+        return r
+
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def last(rows: list[dict], key: str):
+    return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+
+
+FINAL = ["step", "examples_seen", "val/exact_match", "val/clean_exact_match", "train/exact_match", "val/loss",
+         "bits/total", "bits/floor", "bits/epistemic", "bits/example", "dl/table", "dl/table_epistemic",
+         "dl/table_raw"]
+
+
+def final_figures(rows: list[dict]) -> dict:
+    return {k: last(rows, k) for k in FINAL if last(rows, k) is not None}
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else "" if v is None else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def run_report(run_dir: Path) -> dict:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    final = final_figures(rows)
+    write_table([final], run_dir / "report")
+    fig, (ax, heat) = plt.subplots(2, 1, figsize=(9, 8))
+    x, rate = series(rows, "bits/example")
+    xs = [r["examples_seen"] for r in rows if r.get("bits/example") is not None]
+    floor = last(rows, "bits/floor_example")
+    if xs:
+        ax.plot(xs, rate, color="C0", label="bits per example (last interval)")
+        if floor is not None:
+            ax.axhline(floor, color="gray", linestyle="--", label=f"floor {floor:.2f}")
+            ax.fill_between(xs, floor, rate, where=np.array(rate) > floor, color="C0", alpha=0.2,
+                            label="epistemic (learning cost)")
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel("bits per example")
+    acc = [(r["examples_seen"], r["val/exact_match"]) for r in rows if r.get("val/exact_match") is not None]
+    if acc:
+        twin = ax.twinx()
+        twin.plot(*zip(*acc), color="C1", label="held-out exact match")
+        twin.set_ylim(-0.02, 1.02)
+        twin.set_ylabel("held-out exact match")
+        twin.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{run_dir.name}: {final.get('bits/epistemic', 0) / 1e6:.3f} Mbit above the floor")
+
+    bits_rows = [r for r in rows if "bits/total" in r]
+    names = [k[len("bits/excess/"):] for k in bits_rows[-1] if k.startswith("bits/excess/")] if bits_rows else []
+    cum = [(r["examples_seen"], [r[f"bits/excess/{n}"] for n in names], r["bits/examples"])
+           for r in rows if names and f"bits/excess/{names[0]}" in r]
+    ex = np.array([c[0] for c in cum])
+    exc = np.array([c[1] for c in cum])  # (L, P) cumulative excess per position
+    dn = np.diff([c[2] for c in cum])  # new examples in each window (0 once a finite task revisits)
+    keep = dn > 0
+    if keep.sum() > 1:
+        per = np.diff(exc, axis=0)[keep] / dn[keep, None]  # (L', P) excess bits per example in each window
+        im = heat.imshow(np.clip(per.T, 1e-3, None), aspect="auto", origin="lower", cmap="magma",
+                         norm=plt.matplotlib.colors.LogNorm(vmin=1e-3, vmax=max(1e-2, per.max())),
+                         extent=[ex[1:][keep][0], ex[1:][keep][-1], -0.5, len(names) - 0.5])
+        heat.set_yticks(range(len(names)), names, fontsize=6)
+        heat.set_xlabel("examples seen")
+        heat.set_ylabel("position")
+        heat.set_title("excess bits per example, per position (above the floor)", fontsize=9)
+        fig.colorbar(im, ax=heat)
+    else:
+        heat.axis("off")
+    fig.tight_layout()
+    fig.savefig(run_dir / "report.png", dpi=110)
+    plt.close(fig)
+    return {"kind": "run", "final": final, "figure": str(run_dir / "report.png")}
+
+
+def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
+    configs = {r: yaml.safe_load((r / "config.yaml").read_text()) for r in runs}
+    flat = {r: dict(_flatten(c)) for r, c in configs.items()}
+    varying = sorted(k for k in set().union(*flat.values())
+                     if len({str(f.get(k)) for f in flat.values()}) > 1 and not k.startswith("log."))
+    table = []
+    for r in sorted(runs):
+        rows = read_metrics(r / "metrics.jsonl")
+        table.append({"run": r.name, **{k: flat[r].get(k) for k in varying}, **final_figures(rows)})
+    metric = "dl/table" if all("dl/table" in t for t in table) else "bits/example"
+    pts = [(t[metric], t["val/exact_match"], t["run"]) for t in table
+           if t.get(metric) is not None and t.get("val/exact_match") is not None]
+    rho = spearman([p[0] for p in pts], [p[1] for p in pts])
+    write_table(table, sweep_dir / "report")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+        for x, y, name in pts:
+            ax.annotate(name[:28], (x, y), fontsize=6, alpha=0.7)
+    ax.set_xlabel(f"final {metric} (bits)")
+    ax.set_ylabel("final validation accuracy (exact match)")
+    ax.set_title(f"{sweep_dir.name}: {len(pts)} runs, Spearman rho = {rho:.3f}")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "report.png", dpi=110)
+    plt.close(fig)
+    return {"kind": "sweep", "runs": len(table), "metric": metric, "spearman": rho, "varying": varying,
+            "figure": str(sweep_dir / "report.png")}
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def report(path: str | Path) -> dict:
+    path = Path(path)
+    if (path / "metrics.jsonl").exists():
+        return run_report(path)
+    runs = [d for d in sorted(path.iterdir()) if (d / "metrics.jsonl").exists()] if path.is_dir() else []
+    if not runs:
+        raise ConfigError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl)")
+    return sweep_report(path, runs)
