@@ -32,9 +32,8 @@ addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=va
 grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
 	$(PY) -m lab train configs/grokking.yaml $(ARGS)
 
-sweep: ## run a W&B sweep file locally, one run at a time (SWEEP=configs/sweeps/x.yaml), then report it
+sweep: ## run a W&B sweep file locally, one run at a time, then report it (SWEEP=configs/sweeps/x.yaml)
 	$(PY) -m lab sweep $(SWEEP) $(ARGS)
-	$(PY) -m lab report runs/sweeps/$$($(PY) -c "import yaml,sys,pathlib; p=pathlib.Path('$(SWEEP)'); print(yaml.safe_load(p.read_text()).get('name') or p.stem)")
 
 report: ## tables and figures for a run or a sweep directory (RUN=runs/...)
 	$(PY) -m lab report $(RUN)

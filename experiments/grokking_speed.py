@@ -32,6 +32,15 @@ VARIANTS = {
     "batch256-wd2": ["train.batch_size=256", "train.weight_decay=2.0"],
     "1layer": ["model.preset=grok-1l"],
     "1layer-fullbatch": ["model.preset=grok-1l", "train.batch_size=0"],
+    "1layer-wd2": ["model.preset=grok-1l", "train.weight_decay=2.0"],
+    "1layer-batch256-wd2": ["model.preset=grok-1l", "train.batch_size=256", "train.weight_decay=2.0"],
+    "wd3": ["train.weight_decay=3.0"],
+    "batch256-wd3": ["train.batch_size=256", "train.weight_decay=3.0"],
+    "1layer-wd3": ["model.preset=grok-1l", "train.weight_decay=3.0"],
+    "1layer-wd2-seed1": ["model.preset=grok-1l", "train.weight_decay=2.0", "seed=1"],
+    "1layer-wd2-seed2": ["model.preset=grok-1l", "train.weight_decay=2.0", "seed=2"],
+    "1layer-wd3-seed1": ["model.preset=grok-1l", "train.weight_decay=3.0", "seed=1"],
+    "1layer-wd3-seed2": ["model.preset=grok-1l", "train.weight_decay=3.0", "seed=2"],
 }
 
 

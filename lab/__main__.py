@@ -107,7 +107,7 @@ def cmd_dump(args: list[str]) -> int:
 
 
 def cmd_sweep(args: list[str]) -> int:
-    from lab.sweep import run_sweep
+    from lab.sweep import run_sweep, sweep_name
 
     ap = argparse.ArgumentParser(prog="python -m lab sweep")
     ap.add_argument("file")
@@ -123,6 +123,8 @@ def cmd_sweep(args: list[str]) -> int:
         print(f"{r['run']}: {r['status']}" + (f"\n  {r['command']}" if "command" in r else ""))
     failed = [r for r in results if r["status"].startswith("failed")]
     print(f"{len(results)} runs, {len(failed)} failed")
+    if not ns.dry_run and len(failed) < len(results):
+        cmd_report([str(Path(ns.dir) / sweep_name(ns.file))])
     return 1 if failed else 0
 
 

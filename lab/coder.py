@@ -26,6 +26,7 @@ import json
 import math
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -87,9 +88,6 @@ class Replay:
             raise ConfigError("model.dropout: must be 0 to compress (the receiver cannot replay dropout)")
         if cfg.train.devices != 1 or cfg.train.precision != "32":
             raise ConfigError("train.devices: compression runs one process in fp32")
-        torch.use_deterministic_algorithms(True)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights as `lab train`
         self.cfg, self.task = cfg, make_task(cfg)
         self.module = LabModule(self.cfg, self.task)
@@ -135,7 +133,26 @@ def _checksum(h) -> str:
     return h.hexdigest()[:16]
 
 
+@contextmanager
+def _deterministic(threads: int):
+    """Deterministic kernels and a fixed thread count while coding; the caller's settings after."""
+    old = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.set_num_threads(old[1])
+
+
 def compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
+    with _deterministic(cfg.train.threads):
+        return _compress(cfg, n_examples, out)
+
+
+def _compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
     t0 = time.time()
     replay = Replay(cfg)
     task = replay.task
@@ -195,8 +212,13 @@ def read(path: str | Path) -> tuple[dict, np.ndarray]:
 
 
 def decompress(path: str | Path, out: str | Path) -> Stats:
-    t0 = time.time()
     header, code = read(path)
+    with _deterministic(header.get("threads", 0)):
+        return _decompress(path, out, header, code)
+
+
+def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarray) -> Stats:
+    t0 = time.time()
     if header.get("format") != FORMAT:
         raise CodecError(f"{path}: format {header.get('format')} is not {FORMAT}")
     mine = library_versions()
@@ -204,7 +226,6 @@ def decompress(path: str | Path, out: str | Path) -> Stats:
         if mine.get(lib) != v:
             raise CodecError(f"{path}: written with {lib} {v}, this is {lib} {mine.get(lib)}: decoding would diverge")
     cfg = from_dict(header["config"])
-    torch.set_num_threads(header["threads"])
     replay = Replay(cfg)
     if replay.param_checksum_at_start != header["params"]:
         raise CodecError(f"{path}: the initial weights differ from the sender's (config or code changed)")

@@ -88,10 +88,12 @@ class LabModule(L.LightningModule):
         for name, p in self.model.named_parameters():
             if p.grad is None:
                 continue
-            ema = self.grad_ema.get(name)
-            self.grad_ema[name] = ema = p.grad.detach().clone() if ema is None else ema.mul_(alpha).add_(
-                p.grad.detach(), alpha=1 - alpha)
-            p.grad.add_(ema, alpha=lam)
+            g = p.grad.detach()
+            if name in self.grad_ema:
+                self.grad_ema[name].mul_(alpha).add_(g, alpha=1 - alpha)
+            else:
+                self.grad_ema[name] = g.clone()
+            p.grad.add_(self.grad_ema[name], alpha=lam)
 
     def configure_optimizers(self):
         tr = self.cfg.train

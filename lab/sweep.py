@@ -122,13 +122,18 @@ def status(run_dir: Path) -> str:
     return "new"
 
 
+def sweep_name(path: str | Path) -> str:
+    path = Path(path)
+    return yaml.safe_load(path.read_text()).get("name") or path.stem
+
+
 def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int = 1, count: int | None = None,
               seed: int = 0, dry_run: bool = False, extra: list[str] = ()) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep: {path} does not exist")
     sweep = yaml.safe_load(path.read_text())
-    name = sweep.get("name") or path.stem
+    name = sweep_name(path)
     runs = expand(sweep, count, seed)
     base = base_command(sweep)
     sweep_dir = Path(root) / name
