@@ -5,8 +5,8 @@
     for a+b and a-b mod p:
     grok/fourier/<k>              norm of the residues' token embedding in frequency k (cos and sin
                                   together; k = 0 is the constant), k = 0..(p-1)/2
-    grok/key_freqs, grok/key_freq_<i>  the fewest frequencies that hold 70% of the non-constant
-                                  embedding norm^2 (at most 8), largest first
+    grok/key_freqs, grok/key_freq_<i>  the frequencies whose embedding norm^2 exceeds 5x the median
+                                  (at least 1, at most 8), largest first
     grok/restricted_loss          loss over the whole table of the answer logits projected onto the
                                   directions cos/sin(w_k (x +- y)) of the key frequencies (and the
                                   constant): what the Fourier circuit alone achieves
@@ -48,13 +48,13 @@ def frequency_norms(embedding: np.ndarray) -> np.ndarray:
     return np.array(norms)
 
 
-def key_frequencies(norms: np.ndarray, share: float = 0.7, most: int = 8) -> list[int]:
-    """The fewest frequencies (k >= 1), largest first, holding `share` of the non-constant norm^2."""
+def key_frequencies(norms: np.ndarray, factor: float = 5.0, most: int = 8) -> list[int]:
+    """The frequencies (k >= 1) whose norm^2 stands out: above `factor` x the median, largest first
+    (at least the largest one, at most `most`)."""
     energy = norms[1:] ** 2
     order = np.argsort(-energy, kind="stable")
-    cum = np.cumsum(energy[order]) / energy.sum()
-    n = int(np.searchsorted(cum, share - 1e-12) + 1)
-    return [int(k) + 1 for k in order[: min(n, most)]]
+    n = int((energy > factor * np.median(energy)).sum())
+    return [int(k) + 1 for k in order[: min(max(n, 1), most)]]
 
 
 def restricted_and_excluded(logits: np.ndarray, phase: np.ndarray, answers: np.ndarray, p: int,
