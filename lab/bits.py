@@ -44,14 +44,14 @@ LN2 = math.log(2.0)
 class Bits(L.Callback):
     def __init__(self, task, log_every: int, run_dir: Path | None = None):
         self.task, self.every, self.run_dir = task, log_every, run_dir
-        self.T1 = task.seq_len - 1
-        self.names = task.target_names
-        self.mask_np = task.loss_mask
-        self.floor_np = task.floor_bits
+        self.coded = np.flatnonzero(task.loss_mask)  # (M,) the coded target positions
+        self.M = len(self.coded)
+        self.names = [task.target_names[t] for t in self.coded]
+        self.floor = task.floor_bits[self.coded]  # (M,)
         self.floor_example = task.floor_bits_per_example
-        self.tokens_per_example = int(task.loss_mask.sum())
-        # layout of the counter vector: [bits per position (T-1) | n_new | revisit bits | n_revisit | raw bits]
-        self.acc = torch.zeros(self.T1 + 4, dtype=torch.float64)
+        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per coded position (M),
+        # raw text bits, examples
+        self.acc = torch.zeros(2, self.M + 2, dtype=torch.float64)
         self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
         self.seen = torch.zeros(task.table_size() if task.finite else 0, dtype=torch.bool)
         self._val: dict[str, torch.Tensor] = {}
@@ -64,8 +64,7 @@ class Bits(L.Callback):
     # -- set-up and state -----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         device = pl_module.device
-        self.mask = torch.from_numpy(self.mask_np).to(device)  # (T-1,) bool
-        self.scale = self.mask.double() / LN2  # (T-1,) nats -> bits on coded positions, 0 elsewhere
+        self.coded_idx = torch.from_numpy(self.coded).to(device)  # (M,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
         self.acc, self.last, self.seen = (t.to(device) for t in (self.acc, self.last, self.seen))
 
@@ -78,17 +77,15 @@ class Bits(L.Callback):
 
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bits = outputs["token_loss"] * self.scale  # (B, T-1) coded bits
+        nats = outputs["token_loss"].index_select(1, self.coded_idx)  # (B, M) coded positions, before the step
+        targets = batch["x"][:, 1:].index_select(1, self.coded_idx)  # (B, M)
+        feats = torch.cat([
+            nats / LN2,  # bits per coded position
+            self.char_bits[targets].sum(1, keepdim=True),  # raw text bits of the coded tokens
+            torch.ones_like(nats[:, :1]),  # one example
+        ], dim=1)  # (B, M+2)
         new = batch["new"].double()  # (B,)
-        targets = batch["x"][:, 1:]  # (B, T-1)
-        raw = (self.char_bits[targets] * self.mask).sum(1)  # (B,) raw text bits of the coded tokens
-        delta = torch.cat([
-            new @ bits,  # (T-1,) first-pass bits per position
-            new.sum()[None],
-            ((1 - new) @ bits).sum()[None],
-            (1 - new).sum()[None],
-            (new @ raw)[None],
-        ])
+        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+2): first pass, revisits
         if trainer.world_size > 1:
             delta = trainer.strategy.reduce(delta, reduce_op="sum")
         self.acc += delta
@@ -99,35 +96,33 @@ class Bits(L.Callback):
 
     def totals(self) -> dict[str, float]:
         """The cumulative metrics, as Python floats (one host transfer)."""
-        a = self.acc.cpu().numpy()
-        pos, n = a[: self.T1], a[self.T1]
-        total = float(pos[self.mask_np].sum())
-        floor = n * self.floor_example
+        first, revisit = self.acc.cpu().numpy()
+        pos, n = first[: self.M], first[self.M + 1]
+        total, floor = float(pos.sum()), n * self.floor_example
         out = {
             "bits/total": total, "bits/floor": floor, "bits/epistemic": total - floor,
-            "bits/revisit": float(a[self.T1 + 1]), "bits/examples": float(n),
+            "bits/revisit": float(revisit[: self.M].sum()), "bits/examples": float(n),
         }
-        for t in np.flatnonzero(self.mask_np):
-            out[f"bits/pos/{self.names[t]}"] = float(pos[t])
-            out[f"bits/excess/{self.names[t]}"] = float(pos[t] - n * self.floor_np[t])
+        for name, bits, fl in zip(self.names, pos, self.floor):
+            out[f"bits/pos/{name}"] = float(bits)
+            out[f"bits/excess/{name}"] = float(bits - n * fl)
         return out
 
     def _log(self, trainer, pl_module) -> None:
-        a, b = self.acc.cpu().numpy(), self.last.cpu().numpy()
+        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+2)
         self.last = self.acc.clone()
         metrics = self.totals()
-        w = a - b  # the window since the last log step
-        n, n_rev = w[self.T1], w[self.T1 + 2]
+        n, n_rev = w[0, self.M + 1], w[1, self.M + 1]
         if n > 0:
-            total = float(w[: self.T1][self.mask_np].sum())
+            total = float(w[0, : self.M].sum())
             floor = n * self.floor_example
             metrics.update({
                 "bits/example": total / n,
-                "bits/token": total / (n * self.tokens_per_example),
+                "bits/token": total / (n * self.M),
                 "bits/floor_example": self.floor_example,
                 "bits/epistemic_example": (total - floor) / n,
-                "bits/ratio_raw": total / w[self.T1 + 3],
-                "bits/ratio_uniform": total / (n * self.tokens_per_example * math.log2(self.task.vocab_size)),
+                "bits/ratio_raw": total / w[0, self.M],
+                "bits/ratio_uniform": total / (n * self.M * math.log2(self.task.vocab_size)),
                 "bits/ratio_floor": total / floor if floor > 0 else float("nan"),
             })
             if not self.task.finite:  # (a finite task shows dl/table instead)
@@ -135,7 +130,7 @@ class Bits(L.Callback):
                 for k, v in bar.items():
                     pl_module.log(k, v, prog_bar=True, logger=False)
         if n_rev > 0:
-            metrics["bits/revisit_example"] = float(w[self.T1 + 1]) / n_rev
+            metrics["bits/revisit_example"] = float(w[1, : self.M].sum()) / n_rev
         metrics["examples_seen"] = float(pl_module.examples_seen)
         log_metrics(trainer, metrics)
 
@@ -162,10 +157,10 @@ class Bits(L.Callback):
         if not self.task.finite or trainer.sanity_checking:
             return
         n_table = self.task.table_size()
-        first_pass = self.acc[: self.T1][self.mask].sum()
+        first_pass = self.acc[0, : self.M].sum()
         dl = float(first_pass + sum(self._val.values()))
         floor = n_table * self.floor_example
-        raw = n_table * float(self.task.uniform_bits[self.mask_np].sum())
+        raw = n_table * float(self.task.uniform_bits[self.coded].sum())
         self.last_dl = {"dl/table": dl, "dl/table_epistemic": dl - floor, "dl/table_floor": floor,
                         "dl/table_raw": raw}
         pl_module.log("dl/table", dl, logger=False)
@@ -175,12 +170,11 @@ class Bits(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.run_dir is None or not trainer.is_global_zero:
             return
-        a = self.acc.cpu().numpy()
-        n = a[self.T1]
+        first, revisit = self.acc.cpu().numpy()
+        n = first[self.M + 1]
         with open(Path(self.run_dir) / "positions.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["position", "coded", "floor_bits", "total_bits", "excess_bits", "bits_per_example"])
-            for t, name in enumerate(self.names):
-                total = float(a[t])
-                w.writerow([name, bool(self.mask_np[t]), f"{self.floor_np[t]:.6f}", f"{total:.3f}",
-                            f"{total - n * self.floor_np[t]:.3f}", f"{total / n if n else 0:.6f}"])
+            w.writerow(["position", "floor_bits", "total_bits", "excess_bits", "bits_per_example", "revisit_bits"])
+            for i, name in enumerate(self.names):
+                w.writerow([name, f"{self.floor[i]:.6f}", f"{first[i]:.3f}", f"{first[i] - n * self.floor[i]:.3f}",
+                            f"{first[i] / n if n else 0:.6f}", f"{revisit[i]:.3f}"])

@@ -50,6 +50,8 @@ class LabModule(L.LightningModule):
             n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias,
         ))
         self.register_buffer("loss_mask", torch.from_numpy(task.loss_mask), persistent=False)  # (T-1,)
+        coded = torch.from_numpy(task.loss_mask.nonzero()[0])
+        self.register_buffer("coded_idx", coded, persistent=False)  # (M,) coded positions: no host sync
         self.register_buffer("floor_bits", torch.from_numpy(task.floor_bits), persistent=False)  # (T-1,)
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
@@ -66,7 +68,7 @@ class LabModule(L.LightningModule):
         """x (B, T) rows -> (mean cross-entropy over the coded positions, logits (B, T-1, V))."""
         logits = self.model(x[:, :-1])  # (B, T-1, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
-        return nll[:, self.loss_mask].mean(), logits
+        return nll.index_select(1, self.coded_idx).mean(), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         x = batch["x"]  # (B, T)

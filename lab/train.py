@@ -78,14 +78,22 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
             raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")
         step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
         return run_dir, ckpt, step
-    name = cfg.log.name or os.environ.get("LAB_RUN_NAME")
-    if name is None:
-        name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    worker = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP process that rank 0 launched
+    if worker:
+        name = cfg.log.name or os.environ["LAB_RUN_NAME"]
+    elif cfg.log.name:
+        name = cfg.log.name
+        if (Path(cfg.log.dir) / name / "checkpoints" / "last.ckpt").exists():
+            raise ConfigError(f"log.name: {Path(cfg.log.dir) / name} already holds a run; resume it with "
+                              f"train.resume={Path(cfg.log.dir) / name}")
+    else:  # <config>-<date>-<time>, with a suffix if that directory is taken
+        stem = name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        i = 1
+        while (Path(cfg.log.dir) / name).exists():
+            i += 1
+            name = f"{stem}-{i}"
     os.environ["LAB_RUN_NAME"] = name  # DDP workers are re-launched with this environment
-    run_dir = Path(cfg.log.dir) / name
-    if (run_dir / "checkpoints" / "last.ckpt").exists() and os.environ.get("LOCAL_RANK", "0") == "0":
-        raise ConfigError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
-    return run_dir, None, None
+    return Path(cfg.log.dir) / name, None, None
 
 
 def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:

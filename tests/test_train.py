@@ -104,3 +104,10 @@ def test_cli_resume_with_the_saved_config(tmp_path, capsys):
     assert main(["train", f"train.resume={tmp_path}/t", "train.max_steps=20"]) == 0
     out = capsys.readouterr().out
     assert "resuming from step 10" in out and "done: 20 steps" in out
+
+
+def test_unnamed_runs_get_their_own_directories(tmp_path):
+    cfg = tiny_modular(tmp_path, "log.name=null", "train.max_steps=2", "train.eval_every=2")
+    first, second = train(cfg, "tiny"), train(cfg, "tiny")
+    assert first.run_dir != second.run_dir
+    assert first.run_dir.name.startswith("tiny-") and second.run_dir.parent == tmp_path
