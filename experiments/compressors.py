@@ -47,7 +47,7 @@ def lab(*args: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--decode-max", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     args = ap.parse_args()

@@ -129,7 +129,8 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
         rows = read_metrics(r / "metrics.jsonl")
         table.append({"run": r.name, **{k: flat[r].get(k) for k in varying}, **final_figures(rows)})
     metric = "dl/table" if all("dl/table" in t for t in table) else "bits/example"
-    pts = [(t[metric], t["val/exact_match"], t["run"]) for t in table
+    label = lambda t: ", ".join(str(t[k]) for k in varying) or t["run"]  # noqa: E731
+    pts = [(t[metric], t["val/exact_match"], label(t)) for t in table
            if t.get(metric) is not None and t.get("val/exact_match") is not None]
     rho = spearman([p[0] for p in pts], [p[1] for p in pts])
     write_table(table, sweep_dir / "report")
@@ -137,10 +138,12 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts])
         for x, y, name in pts:
-            ax.annotate(name[:28], (x, y), fontsize=6, alpha=0.7)
+            ax.annotate(name, (x, y), fontsize=7, alpha=0.8, xytext=(4, -3), textcoords="offset points")
     ax.set_xlabel(f"final {metric} (bits)")
     ax.set_ylabel("final validation accuracy (exact match)")
-    ax.set_title(f"{sweep_dir.name}: {len(pts)} runs, Spearman rho = {rho:.3f}")
+    keys = ", ".join(k.split(".")[-1] for k in varying)
+    title = f"{sweep_dir.name}: {len(pts)} runs, Spearman rho = {rho:.3f}"
+    ax.set_title(title + (f"\npoints: ({keys})" if keys else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(sweep_dir / "report.png", dpi=110)
     plt.close(fig)

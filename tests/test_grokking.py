@@ -75,3 +75,17 @@ def test_label_noise_raises_the_floor_and_nothing_beats_it(tmp_path):
     assert min(val) > floor - 0.15  # 265 held-out rows: sampling noise of their mean is ~0.05 bit
     assert "val/clean_exact_match" in rows[-1]
     assert rows[-1]["dl/table_floor"] == pytest.approx(p * p * floor)
+
+
+@pytest.mark.slow
+def test_the_default_grokking_recipe_groks(tmp_path, root):
+    """`make grokking`'s config reaches 99% validation accuracy (about a minute on 2 cores)."""
+    from lab.config import load
+
+    cfg = load(f"{root}/configs/grokking.yaml", [f"log.dir={tmp_path}", "log.name=g", "log.wandb=false",
+                                                 "log.progress_bar=false", "train.max_steps=3000"])
+    result = train(cfg)
+    assert result.summary["val/exact_match"] >= 0.99
+    marks = result.summary["marks"]
+    assert marks["dl_half"] <= marks["val_acc_0.9"]  # the table's code collapses no later than accuracy jumps
+    assert result.summary["dl/table"] < 0.5 * result.summary["dl/table_raw"]
