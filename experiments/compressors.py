@@ -10,6 +10,9 @@ lab's real arithmetic-coded file (`python -m lab compress`), round-tripped by `p
 for N <= --decode-max; and the floor. Prints one table in bits per example and total size, then the
 coder's speed.
 
+Every command for one N uses the largest batch size up to the config's that divides N (250 for
+addition at N = 10^4, 10^5, 10^6), so the training run, the coder and the text hold the same N examples.
+
 Tasks: 8-digit addition (configs/addition.yaml, every token coded) and a+b mod 97
 (configs/grokking.yaml with task.loss_on=all, so the model also codes y; x is sent uniformly). The
 modular stream revisits its train split epoch after epoch: its floor counts first-pass examples only
@@ -63,13 +66,15 @@ def main() -> None:
             config, overrides = TASKS[name]
             cfg = load(config, overrides)
             task = make_task(cfg)
-            batch = cfg.train.batch_size or len(task.train_idx)
             for n in args.sizes:
+                # the largest batch <= the config's that divides N: every command sees exactly N examples
+                batch = max(d for d in range(1, (cfg.train.batch_size or len(task.train_idx)) + 1) if n % d == 0)
+                overrides = [*TASKS[name][1], f"train.batch_size={batch}"]
                 text = tmp / f"{name}-{n}.txt"
                 lab("dump", config, *overrides, "--examples", str(n), "-o", str(text))
                 sizes = {k: len(subprocess.run(cmd + [str(text)], capture_output=True, check=True).stdout) * 8
                          for k, cmd in found.items()}
-                steps = math.ceil(n / batch)
+                steps = n // batch
                 run = f"{name}-{n}"
                 lab("train", config, *overrides, f"train.max_steps={steps}", "train.stop_at=null",
                     f"train.eval_every={steps + 1}", f"log.dir={tmp}", f"log.name={run}", "log.progress_bar=false",
@@ -91,9 +96,9 @@ def main() -> None:
                     dec = (f"{dec_tps:.0f} tokens/s ({dec_s:.0f} s, {dec_s / enc[0]:.2f}x encode), "
                            f"round trip {'exact' if same else 'WRONG'}")
                 floor_ex = task.floor_bits.sum() + math.log2(len(task.first_tokens))  # every token
-                floor = first_pass * floor_ex
+                floor = first_pass * floor_ex  # first-pass examples (all N for the addition stream)
                 rows.append((name, n, sizes, logged, code_bits, file_bits, floor))
-                speed.append(f"| {name} | {n} | {enc[1]:.0f} tokens/s ({enc[0]:.0f} s) | {dec} |")
+                speed.append(f"| {name} | {n} | {batch} | {enc[1]:.0f} tokens/s ({enc[0]:.0f} s) | {dec} |")
                 print(f"done {name} {n}", file=sys.stderr, flush=True)
 
     cols = list(found) + ["lab, logged bits", "lab, code", "lab, whole file", "floor"]
@@ -107,8 +112,8 @@ def main() -> None:
         print(f"\nnot on this machine: {', '.join(missing)}")
     print("\n'whole file' adds the JSON header: config, versions and a 16-hex-digit checksum per batch.")
     print("\ncoder speed, coded tokens per second (each side also trains: one step per batch)\n")
-    print("| task | N | encode | decode |")
-    print("|---|---|---|---|")
+    print("| task | N | batch | encode | decode |")
+    print("|---|---|---|---|---|")
     print("\n".join(speed))
 
 
