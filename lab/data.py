@@ -40,7 +40,6 @@ class LabData(L.LightningDataModule):
             batch_size = len(task.train_idx)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.eval_names = list(task.eval_sets())
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

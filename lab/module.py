@@ -52,7 +52,6 @@ class LabModule(L.LightningModule):
         self.register_buffer("loss_mask", torch.from_numpy(task.loss_mask), persistent=False)  # (T-1,)
         coded = torch.from_numpy(task.loss_mask.nonzero()[0])
         self.register_buffer("coded_idx", coded, persistent=False)  # (M,) coded positions: no host sync
-        self.register_buffer("floor_bits", torch.from_numpy(task.floor_bits), persistent=False)  # (T-1,)
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
