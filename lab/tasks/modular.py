@@ -67,6 +67,24 @@ class Finite(Task):
 
     finite = True
 
+    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray, n_y: int,
+               train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
+        """The layout `x op y = z` over K = len(names) element tokens (token i is element i), then the
+        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values), y one
+        of n_y values. Sets vocabulary, layout, table, split, label noise, floors and loss mask."""
+        K = len(names)
+        self.vocab = names + [symbol, "="]
+        self.seq_len, self.answer_start = 5, 4
+        self.target_names = ["o", "y", "=", "z"]
+        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
+        table = np.stack([x, col(K), y, col(K + 1), z], axis=1).astype(np.int64)  # (N, 5)
+        self.answer_tokens, self.answer_index = np.arange(K), z
+        self._split(table, train_fraction, seed)
+        self._add_label_noise(label_noise, K, seed)
+        self.floor_bits = np.array([0.0, log2(n_y), 0.0, noise_floor(label_noise, K)])
+        self.uniform_bits = np.array([0.0, log2(n_y), 0.0, log2(K)])
+        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+
     def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
         self.table = table  # (N, T)
         perm = rng_for(seed, 3).permutation(len(table))
@@ -126,24 +144,10 @@ class Modular(Finite):
     ):
         symbol, nonzero_y, fn = OPS[op]
         self.op, self.p, self.seed, self.symbol = op, p, seed, symbol
-        self.vocab = [str(i) for i in range(p)] + [symbol, "="]
-        OP, EQ = p, p + 1
-        self.seq_len, self.answer_start = 5, 4
-        self.target_names = ["o", "y", "=", "z"]
-
         ys = np.arange(1 if nonzero_y else 0, p)
         x, y = (g.ravel() for g in np.meshgrid(np.arange(p), ys, indexing="ij"))  # (N,), (N,)
-        z = fn(x, y, p, _inverses(p))
-        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
-        table = np.stack([x, col(OP), y, col(EQ), z], axis=1).astype(np.int64)  # (N, 5)
-
-        self.answer_tokens, self.answer_index = np.arange(p), z  # residue r is token r
-        self._split(table, train_fraction, seed)
-        self._add_label_noise(label_noise, p, seed)
-
-        self.floor_bits = np.array([0.0, log2(len(ys)), 0.0, noise_floor(label_noise, p)])
-        self.uniform_bits = np.array([0.0, log2(len(ys)), 0.0, log2(p)])
-        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+        z = fn(x, y, p, _inverses(p))  # residue r is token r
+        self._build([str(i) for i in range(p)], symbol, x, y, z, len(ys), train_fraction, loss_on, label_noise, seed)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (int(t) for t in row)

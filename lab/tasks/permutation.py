@@ -18,8 +18,7 @@ import itertools
 
 import numpy as np
 
-from lab.tasks.base import log2
-from lab.tasks.modular import Finite, noise_floor
+from lab.tasks.modular import Finite
 
 PERMS = np.array(list(itertools.permutations(range(5))))  # (120, 5)
 INDEX = {tuple(p): i for i, p in enumerate(PERMS.tolist())}
@@ -46,24 +45,11 @@ class Permutation(Finite):
                  label_noise: float = 0.0, seed: int = 0):
         self.op, self.seed = op, seed
         n = len(PERMS)
-        self.vocab = ["".join(map(str, p)) for p in PERMS.tolist()] + ["*", "="]
-        OP, EQ = n, n + 1
-        self.seq_len, self.answer_start = 5, 4
-        self.target_names = ["o", "y", "=", "z"]
-
         x, y = (g.ravel() for g in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))  # (N,), (N,)
         zp = OPS[op](PERMS[x], PERMS[y])  # (N, 5)
         z = np.array([INDEX[tuple(p)] for p in zp.tolist()])
-        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
-        table = np.stack([x, col(OP), y, col(EQ), z], axis=1).astype(np.int64)  # (N, 5)
-
-        self.answer_tokens, self.answer_index = np.arange(n), z
-        self._split(table, train_fraction, seed)
-        self._add_label_noise(label_noise, n, seed)
-
-        self.floor_bits = np.array([0.0, log2(n), 0.0, noise_floor(label_noise, n)])
-        self.uniform_bits = np.array([0.0, log2(n), 0.0, log2(n)])
-        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+        names = ["".join(map(str, p)) for p in PERMS.tolist()]
+        self._build(names, "*", x, y, z, n, train_fraction, loss_on, label_noise, seed)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (self.vocab[int(t)] for t in row)
