@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--decode-max", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     args = ap.parse_args()
+    from lab.coder import read
     from lab.config import load
     from lab.tasks import make_task
 
@@ -86,9 +87,8 @@ def main() -> None:
                     logged += first_pass * math.log2(len(task.first_tokens))
                 code = tmp / f"{run}.clab"
                 enc = _timing(lab("compress", config, *overrides, "--examples", str(n), "-o", str(code)))
-                header = _header(code)
                 file_bits = code.stat().st_size * 8
-                code_bits = file_bits - 8 * (len(header) + 8 + 32)
+                code_bits = 32 * len(read(code)[1])  # the arithmetic code alone, without the header
                 dec = "-"
                 if n <= args.decode_max:
                     dec_s, dec_tps = _timing(lab("decompress", str(code), "-o", str(tmp / "back.txt")))
@@ -121,14 +121,6 @@ def _timing(out: str) -> tuple[float, float]:
     """(seconds, tokens/s) from the last line `... in S s (R tokens/s)` of compress / decompress."""
     m = re.search(r"in ([0-9.]+) s \(([0-9.]+) tokens/s\)", out)
     return float(m.group(1)), float(m.group(2))
-
-
-def _header(path: Path) -> bytes:
-    import struct
-
-    data = path.read_bytes()
-    (n,) = struct.unpack("<I", data[4:8])
-    return data[8 : 8 + n]
 
 
 if __name__ == "__main__":
