@@ -48,6 +48,7 @@ class LabModule(L.LightningModule):
         self.model = GPT(GPTConfig.from_preset(
             m.preset, vocab_size=task.vocab_size, block_size=task.block_size, n_layer=m.n_layer,
             n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias,
+            coupled_ids=tuple(task.coupled_ids.tolist()) if m.position == "coupled" else None,
         ))
         self.register_buffer("loss_mask", torch.from_numpy(task.loss_mask), persistent=False)  # (T-1,)
         coded = torch.from_numpy(task.loss_mask.nonzero()[0])

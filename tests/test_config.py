@@ -24,6 +24,7 @@ def test_every_config_loads(path):
     ("task.p=11", "task.p"),  # a modular key on the addition task
     ("train.resume=/nonexistent", "train.resume"),
     ("train.schedule=linear", "train.schedule"),
+    ("model.position=rotary", "model.position"),
 ])
 def test_addition_config_errors_name_the_key(root, override, key):
     with pytest.raises(ConfigError) as e:
@@ -35,6 +36,7 @@ def test_addition_config_errors_name_the_key(root, override, key):
     ("task.train_fraction=1.5", "task.train_fraction"),
     ("task.op=x^5", "task.op"),
     ("task.label_noise=1.0", "task.label_noise"),
+    ("model.position=coupled", "model.position"),  # no digits of known significance
 ])
 def test_modular_config_errors_name_the_key(root, override, key):
     with pytest.raises(ConfigError) as e:

@@ -30,3 +30,40 @@ def test_generation_with_cache_equals_naive_greedy_decoding():
         for _ in range(29 - a):
             seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(answer, seq[:, a:])
+
+
+def test_cpu_attention_equals_pytorch_sdpa():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=14, block_size=28, n_layer=1, n_head=2, n_embd=32)).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(4, 28, 32)
+    q, k, v = (t.view(4, 28, 2, 16).transpose(1, 2) for t in attn.c_attn(x).split(32, dim=2))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected = attn.c_proj(y.transpose(1, 2).reshape(4, 28, 32))
+    torch.testing.assert_close(attn(x), expected)
+
+
+def test_coupled_positions_share_one_embedding_and_decode_with_cache():
+    from lab.tasks import Addition
+
+    torch.manual_seed(0)
+    ids = tuple(Addition(n_digits=3).coupled_ids.tolist())
+    cfg = GPTConfig(vocab_size=14, block_size=13, n_layer=2, n_head=2, n_embd=32, coupled_ids=ids)
+    model = GPT(cfg).eval()
+    assert model.wce.num_embeddings == 3 + 2  # ids 0 (none), 1..n+1
+    with torch.no_grad():  # the coupled table is used: changing one of its rows changes the output
+        x = torch.randint(0, 10, (8, 14))
+        before = model(x[:, :-1])
+        model.wce.weight[1] += 1.0
+        after = model(x[:, :-1])
+    changed = (before - after).abs().amax(dim=(0, 2)) > 0  # (T,) positions whose logits moved
+    first = [t for t in range(13) if ids[t] == 1][0]
+    assert not changed[:first].any() and changed[first:].all()
+    logits, answer = model.score_and_generate(x, 9)
+    seq = x[:, :9]
+    with torch.no_grad():
+        for _ in range(14 - 9):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(answer, seq[:, 9:])
+    with pytest.raises(ValueError, match="coupled_ids"):
+        GPT(GPTConfig(vocab_size=14, block_size=12, coupled_ids=ids))

@@ -199,3 +199,18 @@ def test_permutation_tasks(op, noise):
     np.testing.assert_allclose(task.floor_bits[2:], H[2:], atol=1e-9)  # '=' and the answer
     if noise:
         assert task.floor_bits[3] == pytest.approx(noise_floor(noise, 120))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_addition_coupled_ids_align_equal_significance(reverse):
+    """The input position that predicts c_i carries the id of the positions that hold a_i and b_i."""
+    t = Addition(n_digits=4, reverse_answer=reverse)
+    ids, names = t.coupled_ids, t.target_names  # input position j reads x[j] and predicts names[j]
+    assert ids.shape == (t.block_size,) and ids[0] == 0
+    holds = {names[j - 1]: ids[j] for j in range(1, t.block_size)}  # the token x[j] is target j - 1
+    for i in range(4):
+        assert holds[f"a{i}"] == holds[f"b{i}"] == i + 1
+        predicting = [j for j in range(t.block_size) if names[j] == f"c{i}"]
+        assert ids[predicting].tolist() == [i + 1]
+    assert ids[names.index("c4")] == 5  # the carry out has its own id
+    assert ids[names.index("e")] == holds["+"] == 0  # predicting the end, reading '+': no significance

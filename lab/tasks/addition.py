@@ -75,6 +75,7 @@ class Addition(Task):
         if reverse_answer:
             carry = carry[::-1]
         self.uniform_bits = np.concatenate([operand, zeros, operand, zeros, carry, zeros])
+        self.coupled_ids = self._coupled_ids()
 
         self.loss_mask = np.ones(self.seq_len - 1, dtype=bool)
         if loss_on == "answer":
@@ -84,6 +85,23 @@ class Addition(Task):
         self._heldout_set = set(map(tuple, self.heldout_pairs.tolist()))
         self._heldout_clean = self.encode(self.heldout_pairs[:, 0], self.heldout_pairs[:, 1])
         self._heldout = self._add_noise(self._heldout_clean.copy(), rng_for(seed, 6))
+
+    def _coupled_ids(self) -> np.ndarray:
+        """(T-1,) significance + 1 per input position: a_i and b_i get i + 1 (the digit they hold), '='
+        and the answer digits get i + 1 for the c_i they predict (the token read is the one before it),
+        the rest 0. n = 8, answer most significant first:
+
+            reads    s a7 .. a0 +  b7 .. b0 =  c8 c7 .. c1 c0
+            predicts a7 a6 .. +  b7 b6 .. = c8 c7 c6 .. c0 e
+            id       0  8 ..  1 0  8  ..  1 9  8  .. 2  1  0
+
+        so the query that predicts c_i carries the same embedding as the keys of a_i and b_i."""
+        n = self.n
+        operand = np.arange(n, 0, -1)  # a_{n-1}..a_0 -> n..1
+        answer = np.arange(n + 1, 0, -1)  # predicts c_n..c_0 -> n+1..1
+        if self.reverse_answer:
+            answer = answer[::-1]
+        return np.concatenate([[0], operand, [0], operand, answer, [0]]).astype(np.int64)
 
     # -- encoding -------------------------------------------------------------------------------------
     def _digits(self, v: np.ndarray, width: int) -> np.ndarray:

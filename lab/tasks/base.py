@@ -56,6 +56,9 @@ class Task:
     floor_bits:    (T-1,) float64, exact entropy H(x_t | x_<t) in bits under the sampling law
     uniform_bits:  (T-1,) float64, log2 of the number of values the position can take
     finite:        True if the task is a fixed table revisited for many epochs
+    coupled_ids:   (T-1,) int64 or None, a position id per *input* position t (the model reads x[t]
+                   and predicts x[t+1]) that is shared by positions handling digits of equal
+                   significance (position coupling); 0 = no significance. None: the task has none.
     """
 
     vocab: list[str]
@@ -66,6 +69,7 @@ class Task:
     floor_bits: np.ndarray
     uniform_bits: np.ndarray
     finite: bool = False
+    coupled_ids: np.ndarray | None = None
 
     # -- layout helpers -------------------------------------------------------------------------------
     @property

@@ -1,0 +1,211 @@
+"""How fast does a config learn 8-digit addition? Trains it for a wall-clock budget and prints one table.
+
+    python experiments/bench_addition.py                              # configs/addition.yaml, seed 0, 15 min
+    python experiments/bench_addition.py --seeds 0 1 2 --budget 900   # the default on 3 seeds
+    python experiments/bench_addition.py configs/addition.yaml model.position=absolute --label no-coupling
+    python experiments/bench_addition.py --vs-raw --steps 60          # Lightning + callbacks vs a raw loop
+
+Learning mode: one full run per seed (`lab.train`, every callback the lab uses, bits included; no
+progress bar or wandb), stopping at 99% held-out exact match or at the budget. Per seed it prints
+examples/s and tokens/s (training only: evaluation time excluded), then for 50%, 90% and 99% held-out
+exact match (greedy generation, checked every `train.eval_every` steps): the examples and the wall
+seconds (evaluations included) at the first evaluation that reached it, and the epistemic bits spent by
+then; finally the last windowed bits/example against the floor and the epistemic bits of the whole run.
+`--append FILE` adds the rows to a markdown results file.
+
+--vs-raw mode: the same model, data, optimizer, schedule and precision as a plain PyTorch loop, against
+the lab's Lightning run with its callbacks (bits, checkpoints, report; no evaluation in the window); steps
+per second over the same steady-state window, alternating the two `--repeat` times, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from lab.bits import Bits  # noqa: E402
+from lab.config import Config, load  # noqa: E402
+from lab.module import LabModule, lr_factor  # noqa: E402
+from lab.tasks import make_task  # noqa: E402
+from lab.train import train  # noqa: E402
+
+LEVELS = (0.5, 0.9, 0.99)
+
+
+class Clock(L.Callback):
+    """Wall time, training-only time and, at every evaluation, (examples, seconds, exact match, epistemic
+    bits); stops the run at the budget. `marks` and `step_times` are what the tables are made of."""
+
+    def __init__(self, budget: float | None = None):
+        self.budget = budget
+        self.marks: list[dict] = []
+        self.step_times: list[float] = []  # perf_counter at the end of each training step
+        self.eval_seconds = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_times.append(time.perf_counter())
+        if self.budget is not None and time.perf_counter() - self.t0 > self.budget:
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        now = time.perf_counter()
+        self.eval_seconds += now - self._v0
+        bits = next(c for c in trainer.callbacks if isinstance(c, Bits)).totals()
+        self.marks.append({
+            "step": trainer.global_step, "examples": pl_module.examples_seen, "seconds": now - self.t0,
+            "exact": pl_module.last_eval.get("val/exact_match", 0.0), "epistemic": bits["bits/epistemic"],
+        })
+
+
+def learn(cfg: Config, budget: float, name: str) -> dict:
+    """One run to 99% or the budget -> the figures of one table row."""
+    clock = Clock(budget)
+    res = train(cfg, name, extra_callbacks=[clock])
+    wall = clock.step_times[-1] - clock.t0
+    n, task = res.module.examples_seen, res.module.task
+    row = {
+        "ex/s": n / (wall - clock.eval_seconds), "steps": res.trainer.global_step, "examples": n,
+        "seconds": wall, "final_exact": clock.marks[-1]["exact"] if clock.marks else 0.0,
+        "epistemic": res.bits.totals()["bits/epistemic"], "floor": task.floor_bits_per_example,
+        "run_dir": str(res.run_dir), "eval_seconds": clock.eval_seconds,
+    }
+    row["tok/s"] = row["ex/s"] * task.block_size
+    last = [r for r in _read_jsonl(res.run_dir / "metrics.jsonl") if "bits/example" in r]
+    row["bits/ex"] = last[-1]["bits/example"] if last else math.nan
+    for level in LEVELS:
+        hit = next((m for m in clock.marks if m["exact"] >= level), None)
+        row[level] = hit
+    return row
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fmt_row(label: str, seed: int, r: dict) -> str:
+    cells = [label, str(seed), f"{r['ex/s']:.0f}", f"{r['tok/s'] / 1e3:.1f}k"]
+    for level in LEVELS:
+        hit = r[level]
+        cells += ["-", "-", "-"] if hit is None else [
+            f"{hit['examples'] / 1e3:.0f}k", f"{hit['seconds']:.0f}", f"{hit['epistemic'] / 1e6:.2f}"]
+    cells += [f"{r['final_exact']:.4f}", f"{r['seconds']:.0f}", f"{r['bits/ex']:.2f} / {r['floor']:.2f}",
+              f"{r['epistemic'] / 1e6:.2f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| config | seed | ex/s | tok/s | ex@50% | s@50% | Mbit@50% | ex@90% | s@90% | Mbit@90% | ex@99% | s@99% "
+    "| Mbit@99% | final exact | s | bits/ex (floor) | epistemic Mbit |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+# -- raw loop vs Lightning ------------------------------------------------------------------------------
+def raw_steps_per_second(cfg: Config, steps: int, warm: int) -> float:
+    """The same model, data, AdamW groups, schedule, clipping and precision as the lab, as a plain loop."""
+    L.seed_everything(cfg.seed, verbose=False)
+    task = make_task(cfg)
+    module = LabModule(cfg, task)  # only to build the model and its optimizer exactly as the lab does
+    model, tr = module.model.train(), cfg.train
+    opt = module.configure_optimizers()["optimizer"]
+    decay = tr.decay_steps or tr.max_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, tr.warmup_steps, tr.schedule, decay, tr.min_lr_ratio))
+    coded = module.coded_idx
+    bf16 = tr.precision == "bf16"
+    times = []
+    for step in range(warm + steps):
+        x = torch.from_numpy(task.train_batch(step, tr.batch_size).x)  # (B, T)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x[:, :-1])  # (B, T-1, V)
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")
+        loss = nll.index_select(1, coded).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tr.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+        opt.step()
+        sched.step()
+        times.append(time.perf_counter())
+    return steps / (times[-1] - times[warm - 1])
+
+
+def lab_steps_per_second(cfg: Config, steps: int, warm: int, name: str) -> float:
+    cfg.train.max_steps = warm + steps
+    cfg.train.eval_every = 10 * (warm + steps)  # no evaluation inside the window
+    clock = Clock()
+    train(cfg, name, extra_callbacks=[clock])
+    t = clock.step_times
+    return steps / (t[-1] - t[warm - 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", default="configs/addition.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--budget", type=float, default=900.0, help="wall-clock seconds per run")
+    ap.add_argument("--label", default=None, help="the config's name in the table")
+    ap.add_argument("--append", default=None, help="also append the rows to this markdown file")
+    ap.add_argument("--vs-raw", action="store_true", help="throughput: Lightning + callbacks vs a raw loop")
+    ap.add_argument("--steps", type=int, default=60, help="--vs-raw: steps timed after --warm steps")
+    ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    label = args.label or " ".join([Path(args.config).stem, *args.overrides])
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    base = ["log.wandb=false", "log.progress_bar=false", "log.dir=runs/bench"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
+
+    if args.vs_raw:
+        cfg = load(args.config, [*base, *args.overrides])
+        rows = []
+        for i in range(args.repeat):
+            lab = lab_steps_per_second(load(args.config, [*base, *args.overrides]), args.steps, args.warm,
+                                       f"vs-raw-{i}")
+            raw = raw_steps_per_second(cfg, args.steps, args.warm)
+            rows.append((lab, raw))
+            print(f"  repeat {i}: lab {lab:.3f} steps/s, raw {raw:.3f} steps/s, ratio {lab / raw:.3f}", flush=True)
+        lab = sorted(r[0] for r in rows)[len(rows) // 2]
+        raw = sorted(r[1] for r in rows)[len(rows) // 2]
+        print(f"\n| config | batch | lab steps/s | raw steps/s | lab / raw |\n|---|---|---|---|---|\n"
+              f"| {label} | {cfg.train.batch_size} | {lab:.3f} | {raw:.3f} | {lab / raw:.3f} |")
+        return
+
+    lines = []
+    for seed in args.seeds:
+        cfg = load(args.config, [*base, *args.overrides, f"seed={seed}"])
+        row = learn(cfg, args.budget, f"{Path(args.config).stem}-s{seed}")
+        lines.append(fmt_row(label, seed, row))
+        print(f"{lines[-1]}\n  {row['run_dir']}: {row['steps']} steps, evaluation {row['eval_seconds']:.0f} s "
+              f"of {row['seconds']:.0f} s", flush=True)
+    table = "\n".join(lines)
+    print(f"\nbudget {args.budget:.0f} s per run; Mbit = epistemic bits (above the floor) spent by then\n"
+          f"{HEADER}\n{table}")
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
