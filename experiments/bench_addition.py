@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import lightning as L
@@ -84,7 +83,7 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
         "ex/s": n / (wall - clock.eval_seconds), "steps": res.trainer.global_step, "examples": n,
         "seconds": wall, "final_exact": clock.marks[-1]["exact"] if clock.marks else 0.0,
         "epistemic": res.bits.totals()["bits/epistemic"], "floor": task.floor_bits_per_example,
-        "run_dir": str(res.run_dir), "eval_seconds": clock.eval_seconds,
+        "run_dir": str(res.run_dir), "eval_seconds": clock.eval_seconds, "marks": clock.marks,
     }
     row["tok/s"] = row["ex/s"] * task.block_size
     last = [r for r in _read_jsonl(res.run_dir / "metrics.jsonl") if "bits/example" in r]
@@ -120,25 +119,23 @@ HEADER = (
 
 
 # -- raw loop vs Lightning ------------------------------------------------------------------------------
-def raw_steps_per_second(cfg: Config, steps: int, warm: int) -> float:
-    """The same model, data, AdamW groups, schedule, clipping and precision as the lab, as a plain loop."""
+def raw_loop(cfg: Config, steps: int) -> tuple[torch.nn.Module, list[float]]:
+    """The lab's training as a plain loop: the same model and initialisation, data stream, loss, AdamW
+    groups, schedule, clipping and precision, without Lightning or callbacks. -> (model, the
+    perf_counter at the end of each step)."""
     L.seed_everything(cfg.seed, verbose=False)
     task = make_task(cfg)
-    module = LabModule(cfg, task)  # only to build the model and its optimizer exactly as the lab does
+    module = LabModule(cfg, task)  # builds the model and its optimizer exactly as the lab does
     model, tr = module.model.train(), cfg.train
     opt = module.configure_optimizers()["optimizer"]
     decay = tr.decay_steps or tr.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, tr.warmup_steps, tr.schedule, decay, tr.min_lr_ratio))
-    coded = module.coded_idx
-    bf16 = tr.precision == "bf16"
     times = []
-    for step in range(warm + steps):
+    for step in range(steps):
         x = torch.from_numpy(task.train_batch(step, tr.batch_size).x)  # (B, T)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x[:, :-1])  # (B, T-1, V)
-        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")
-        loss = nll.index_select(1, coded).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.precision == "bf16"):
+            loss, _ = module.loss(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tr.grad_clip:
@@ -146,6 +143,11 @@ def raw_steps_per_second(cfg: Config, steps: int, warm: int) -> float:
         opt.step()
         sched.step()
         times.append(time.perf_counter())
+    return model, times
+
+
+def raw_steps_per_second(cfg: Config, steps: int, warm: int) -> float:
+    _, times = raw_loop(cfg, warm + steps)
     return steps / (times[-1] - times[warm - 1])
 
 
@@ -171,8 +173,9 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    if "=" in args.config:  # only overrides were given: they apply to the default config
+        args.overrides, args.config = [args.config, *args.overrides], ap.get_default("config")
     label = args.label or " ".join([Path(args.config).stem, *args.overrides])
-    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
     base = ["log.wandb=false", "log.progress_bar=false", "log.dir=runs/bench"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)

@@ -43,7 +43,9 @@ class ModelConfig:
     n_embd: int | None = None
     dropout: float = 0.0
     bias: bool = True
-    position: str = "absolute"  # absolute | coupled (absolute + embeddings shared by equal significance)
+    # absolute (learned per position) | coupled (a learned embedding shared by the positions that handle
+    # digits of equal significance) | rotary (rotary embeddings of those significance ids): joined by "+"
+    position: str = "absolute"
 
 
 @dataclass
@@ -181,8 +183,10 @@ def validate(cfg: Config) -> None:
         v = getattr(m, key)
         _check(v is None or v >= 1, f"model.{key}", f"{v} is not >= 1")
     _check(0 <= m.dropout < 1, "model.dropout", f"{m.dropout} is not in [0, 1)")
-    _check(m.position in ("absolute", "coupled"), "model.position", f"{m.position!r} is not absolute or coupled")
-    _check(m.position != "coupled" or t.name == "addition", "model.position",
+    parts = m.position.split("+")
+    _check(bool(parts) and set(parts) <= {"absolute", "coupled", "rotary"} and len(set(parts)) == len(parts),
+           "model.position", f"{m.position!r} is not absolute, coupled or rotary, or several joined by '+'")
+    _check(parts == ["absolute"] or t.name == "addition", "model.position",
            f"coupled positions need digits of known significance; task {t.name!r} has none")
 
     _check(tr.batch_size >= 0, "train.batch_size", f"{tr.batch_size} is negative")

@@ -3,10 +3,14 @@
     model = GPT(GPTConfig.from_preset("gpt-mini", vocab_size=14, block_size=28))
     logits = model(idx)            # idx (B, T) int64 -> logits (B, T, V)
 
-Pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, learned absolute position embeddings,
-optionally plus learned *coupled* position embeddings (`coupled_ids`: positions that handle digits of
-equal significance share one embedding, as in position coupling, Cho et al. 2024, and Abacus
-embeddings, McLeish et al. 2024), and minGPT's initialisation (normal(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)).
+Pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, minGPT's initialisation (normal(0, 0.02),
+residual projections scaled by 1/sqrt(2 n_layer)), and three position schemes, alone or together:
+- learned absolute position embeddings (`absolute`, minGPT's and the reference's);
+- `coupled_ids`, one id per position shared by the positions that handle digits of equal significance
+  (the task supplies them; position coupling, Cho et al. 2024; Abacus embeddings, McLeish et al. 2024),
+  used as a learned embedding added to the input (`coupled`) and/or as rotary embeddings of queries and
+  keys (`rotary`, Su et al. 2021): then attention scores depend on the *difference* of significance,
+  so "look at the digits one place lower" is one pattern for every digit, not one per position.
 Vocabulary and block size always come from the task.
 """
 
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+ROTARY_BASE = 100.0  # significance ids span 0..n+1: a small base puts more frequencies to use
 
 # name -> (n_layer, n_head, n_embd); gpt-mini is the reference implementation's model
 PRESETS = {
@@ -39,6 +45,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     coupled_ids: tuple[int, ...] | None = None  # (block_size,) an id per input position; 0 = none
+    absolute: bool = True  # learned absolute position embeddings
+    coupled: bool = True  # with coupled_ids: a learned embedding per id, added to the input
+    rotary: bool = False  # with coupled_ids: rotary embeddings of the ids on queries and keys (relative)
 
     @classmethod
     def from_preset(cls, preset: str, **kw) -> GPTConfig:
@@ -65,12 +74,23 @@ class CausalSelfAttention(nn.Module):
     def causal_mask(T: int, device: torch.device) -> torch.Tensor:
         return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)  # (T, T) True above the diagonal
 
-    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
+    @staticmethod
+    def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotary embedding: x (..., d) -> (..., d), with cos and sin of shape (..., d/2) broadcast to it."""
+        cos, sin = rope
+        x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, h, t, d/2)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0, rope=None) -> torch.Tensor:
         """x (B, t, C) -> (B, t, C). With `cache`, keys and values of earlier positions are read from and
-        appended to cache[layer]; then t must be the whole sequence (no past) or a single new token."""
+        appended to cache[layer]; then t must be the whole sequence (no past) or a single new token.
+        `rope` (cos, sin), each (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, t, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, h, t, d)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, t, 3, h, d)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, t, 2, h, d), (B, t, h, d)
+        if rope is not None:
+            qk = self.rotate(qk, rope)  # queries and keys in one go
+        q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d)
         if cache is not None:
             if len(cache) > layer:
                 k = torch.cat([cache[layer][0], k], dim=2)  # (B, h, past + t, d)
@@ -107,8 +127,8 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, t, C)
+    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)  # (B, t, C)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -117,12 +137,24 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        if cfg.absolute:
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        elif cfg.coupled_ids is None:
+            raise ValueError("a model without absolute positions needs coupled_ids")
         if cfg.coupled_ids is not None:
             if len(cfg.coupled_ids) != cfg.block_size:
                 raise ValueError(f"coupled_ids has {len(cfg.coupled_ids)} entries, block_size is {cfg.block_size}")
+            if not (cfg.coupled or cfg.rotary):
+                raise ValueError("coupled_ids given but neither coupled nor rotary uses them")
             self.register_buffer("coupled_ids", torch.tensor(cfg.coupled_ids), persistent=False)  # (T,)
-            self.wce = nn.Embedding(max(cfg.coupled_ids) + 1, cfg.n_embd)
+            if cfg.coupled:
+                self.wce = nn.Embedding(max(cfg.coupled_ids) + 1, cfg.n_embd)
+            if cfg.rotary:
+                d = cfg.n_embd // cfg.n_head
+                freq = ROTARY_BASE ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
+                self.register_buffer("rotary_freq", freq, persistent=False)
+        elif cfg.rotary:
+            raise ValueError("rotary embeddings need coupled_ids")
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -149,12 +181,18 @@ class GPT(nn.Module):
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.cfg.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)  # (t,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, t, C)
-        if self.cfg.coupled_ids is not None:
+        x = self.wte(idx)  # (B, t, C)
+        if self.cfg.absolute:
+            x = x + self.wpe(pos)  # (t, C)
+        if hasattr(self, "wce"):
             x = x + self.wce(self.coupled_ids[pos])  # (t, C) shared by positions of equal significance
+        rope = None
+        if self.cfg.rotary:
+            angle = (self.coupled_ids[pos, None] * self.rotary_freq)[:, None, None]  # (t, 1, 1, d/2)
+            rope = (angle.cos(), angle.sin())
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rope)
         return self.lm_head(self.ln_f(x))  # (B, t, V)
 
     def num_params(self) -> int:

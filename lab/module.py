@@ -45,10 +45,12 @@ class LabModule(L.LightningModule):
         super().__init__()
         self.cfg, self.task = cfg, task
         m = cfg.model
+        parts = set(m.position.split("+"))
         self.model = GPT(GPTConfig.from_preset(
             m.preset, vocab_size=task.vocab_size, block_size=task.block_size, n_layer=m.n_layer,
             n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias,
-            coupled_ids=tuple(task.coupled_ids.tolist()) if m.position == "coupled" else None,
+            coupled_ids=tuple(task.coupled_ids.tolist()) if {"coupled", "rotary"} & parts else None,
+            absolute="absolute" in parts, coupled="coupled" in parts, rotary="rotary" in parts,
         ))
         self.register_buffer("loss_mask", torch.from_numpy(task.loss_mask), persistent=False)  # (T-1,)
         coded = torch.from_numpy(task.loss_mask.nonzero()[0])

@@ -24,7 +24,9 @@ def test_every_config_loads(path):
     ("task.p=11", "task.p"),  # a modular key on the addition task
     ("train.resume=/nonexistent", "train.resume"),
     ("train.schedule=linear", "train.schedule"),
-    ("model.position=rotary", "model.position"),
+    ("model.position=alibi", "model.position"),
+    ("model.position=absolute+absolute", "model.position"),
+    ("model.position=", "model.position"),
 ])
 def test_addition_config_errors_name_the_key(root, override, key):
     with pytest.raises(ConfigError) as e:

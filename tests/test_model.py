@@ -43,14 +43,17 @@ def test_cpu_attention_equals_pytorch_sdpa():
     torch.testing.assert_close(attn(x), expected)
 
 
-def test_coupled_positions_share_one_embedding_and_decode_with_cache():
+@pytest.mark.parametrize("absolute", [True, False])
+def test_coupled_positions_share_one_embedding_and_decode_with_cache(absolute):
     from lab.tasks import Addition
 
     torch.manual_seed(0)
     ids = tuple(Addition(n_digits=3).coupled_ids.tolist())
-    cfg = GPTConfig(vocab_size=14, block_size=13, n_layer=2, n_head=2, n_embd=32, coupled_ids=ids)
+    cfg = GPTConfig(vocab_size=14, block_size=13, n_layer=2, n_head=2, n_embd=32, coupled_ids=ids,
+                    absolute=absolute)
     model = GPT(cfg).eval()
     assert model.wce.num_embeddings == 3 + 2  # ids 0 (none), 1..n+1
+    assert hasattr(model, "wpe") == absolute
     with torch.no_grad():  # the coupled table is used: changing one of its rows changes the output
         x = torch.randint(0, 10, (8, 14))
         before = model(x[:, :-1])
@@ -67,3 +70,27 @@ def test_coupled_positions_share_one_embedding_and_decode_with_cache():
     assert torch.equal(answer, seq[:, 9:])
     with pytest.raises(ValueError, match="coupled_ids"):
         GPT(GPTConfig(vocab_size=14, block_size=12, coupled_ids=ids))
+    with pytest.raises(ValueError, match="coupled_ids"):
+        GPT(GPTConfig(vocab_size=14, block_size=13, absolute=False))
+
+
+def test_rotary_scores_depend_on_the_difference_of_ids_only():
+    """q at id i against k at id j scores the same as at ids i + s, j + s: a relative scheme."""
+    from lab.model import CausalSelfAttention
+
+    torch.manual_seed(0)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    model = GPT(GPTConfig(vocab_size=14, block_size=8, n_layer=1, n_head=2, n_embd=32, coupled_ids=tuple(ids.tolist()),
+                          coupled=False, rotary=True))
+    angle = ids[:, None] * model.rotary_freq  # (8, 8)
+    rope = (angle.cos(), angle.sin())
+    q, k = torch.randn(1, 1, 1, 16).expand(1, 1, 8, 16), torch.randn(1, 1, 1, 16).expand(1, 1, 8, 16)
+    scores = CausalSelfAttention.rotate(q, rope) @ CausalSelfAttention.rotate(k, rope).transpose(-2, -1)  # (1,1,8,8)
+    s = scores[0, 0]
+    for shift in (1, 3):
+        torch.testing.assert_close(s[shift:, shift:], s[:-shift, :-shift])
+    assert not torch.allclose(s[0, 0], s[0, 1])  # but the difference matters
+    torch.testing.assert_close(CausalSelfAttention.rotate(q, rope).norm(dim=-1), q.norm(dim=-1))  # a rotation
+    assert not hasattr(model, "wce")
+    with pytest.raises(ValueError, match="rotary embeddings need coupled_ids"):
+        GPT(GPTConfig(vocab_size=14, block_size=8, rotary=True))
