@@ -35,6 +35,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from lab.bits import Bits  # noqa: E402
 from lab.config import Config, load  # noqa: E402
+from lab.loggers import read_metrics  # noqa: E402
 from lab.module import LabModule, lr_factor  # noqa: E402
 from lab.tasks import make_task  # noqa: E402
 from lab.train import train  # noqa: E402
@@ -86,18 +87,12 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
         "run_dir": str(res.run_dir), "eval_seconds": clock.eval_seconds, "marks": clock.marks,
     }
     row["tok/s"] = row["ex/s"] * task.block_size
-    last = [r for r in _read_jsonl(res.run_dir / "metrics.jsonl") if "bits/example" in r]
+    last = [r for r in read_metrics(res.run_dir / "metrics.jsonl") if "bits/example" in r]
     row["bits/ex"] = last[-1]["bits/example"] if last else math.nan
     for level in LEVELS:
         hit = next((m for m in clock.marks if m["exact"] >= level), None)
         row[level] = hit
     return row
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def fmt_row(label: str, seed: int, r: dict) -> str:

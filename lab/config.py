@@ -187,7 +187,7 @@ def validate(cfg: Config) -> None:
     _check(bool(parts) and set(parts) <= {"absolute", "coupled", "rotary"} and len(set(parts)) == len(parts),
            "model.position", f"{m.position!r} is not absolute, coupled or rotary, or several joined by '+'")
     _check(parts == ["absolute"] or t.name == "addition", "model.position",
-           f"coupled positions need digits of known significance; task {t.name!r} has none")
+           f"coupled and rotary positions need digits of known significance; task {t.name!r} has none")
 
     _check(tr.batch_size >= 0, "train.batch_size", f"{tr.batch_size} is negative")
     _check(tr.batch_size > 0 or t.name != "addition", "train.batch_size",

@@ -78,7 +78,7 @@ class CausalSelfAttention(nn.Module):
     def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Rotary embedding: x (..., d) -> (..., d), with cos and sin of shape (..., d/2) broadcast to it."""
         cos, sin = rope
-        x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, h, t, d/2)
+        x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., d/2)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
     def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0, rope=None) -> torch.Tensor:
@@ -152,7 +152,9 @@ class GPT(nn.Module):
             if cfg.rotary:
                 d = cfg.n_embd // cfg.n_head
                 freq = ROTARY_BASE ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
-                self.register_buffer("rotary_freq", freq, persistent=False)
+                angle = (self.coupled_ids[:, None] * freq)[:, None, None]  # (T, 1, 1, d/2)
+                self.register_buffer("rotary_cos", angle.cos(), persistent=False)
+                self.register_buffer("rotary_sin", angle.sin(), persistent=False)
         elif cfg.rotary:
             raise ValueError("rotary embeddings need coupled_ids")
         self.drop = nn.Dropout(cfg.dropout)
@@ -186,10 +188,7 @@ class GPT(nn.Module):
             x = x + self.wpe(pos)  # (t, C)
         if hasattr(self, "wce"):
             x = x + self.wce(self.coupled_ids[pos])  # (t, C) shared by positions of equal significance
-        rope = None
-        if self.cfg.rotary:
-            angle = (self.coupled_ids[pos, None] * self.rotary_freq)[:, None, None]  # (t, 1, 1, d/2)
-            rope = (angle.cos(), angle.sin())
+        rope = (self.rotary_cos[pos], self.rotary_sin[pos]) if self.cfg.rotary else None  # 2 x (t, 1, 1, d/2)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)

@@ -82,8 +82,7 @@ def test_rotary_scores_depend_on_the_difference_of_ids_only():
     ids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     model = GPT(GPTConfig(vocab_size=14, block_size=8, n_layer=1, n_head=2, n_embd=32, coupled_ids=tuple(ids.tolist()),
                           coupled=False, rotary=True))
-    angle = ids[:, None] * model.rotary_freq  # (8, 8)
-    rope = (angle.cos(), angle.sin())
+    rope = (model.rotary_cos[:, 0, 0], model.rotary_sin[:, 0, 0])  # 2 x (8, 8): one row per id
     q, k = torch.randn(1, 1, 1, 16).expand(1, 1, 8, 16), torch.randn(1, 1, 1, 16).expand(1, 1, 8, 16)
     scores = CausalSelfAttention.rotate(q, rope) @ CausalSelfAttention.rotate(k, rope).transpose(-2, -1)  # (1,1,8,8)
     s = scores[0, 0]
