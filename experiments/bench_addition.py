@@ -15,7 +15,8 @@ then; finally the last windowed bits/example against the floor and the epistemic
 
 --vs-raw mode: the same model, data, optimizer, schedule and precision as a plain PyTorch loop, against
 the lab's Lightning run with its callbacks (bits, checkpoints, report; no evaluation in the window); steps
-per second over the same steady-state window, alternating the two `--repeat` times, and their ratio.
+per second over the same steady-state window, alternating the two `--repeat` times; the medians and
+their ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -184,8 +186,7 @@ def main() -> None:
             raw = raw_steps_per_second(cfg, args.steps, args.warm)
             rows.append((lab, raw))
             print(f"  repeat {i}: lab {lab:.3f} steps/s, raw {raw:.3f} steps/s, ratio {lab / raw:.3f}", flush=True)
-        lab = sorted(r[0] for r in rows)[len(rows) // 2]
-        raw = sorted(r[1] for r in rows)[len(rows) // 2]
+        lab, raw = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         print(f"\n| config | batch | lab steps/s | raw steps/s | lab / raw |\n|---|---|---|---|---|\n"
               f"| {label} | {cfg.train.batch_size} | {lab:.3f} | {raw:.3f} | {lab / raw:.3f} |")
         return

@@ -2,8 +2,10 @@
 rows are read off the run's own evaluations and bits."""
 
 import importlib.util
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, tiny_addition
@@ -54,3 +56,36 @@ def test_budget_stops_the_run(tmp_path):
     row = bench.learn(tiny_addition(tmp_path, "train.max_steps=1000"), budget=0, name="t")
     assert row["steps"] == 1
 
+
+
+chains_spec = importlib.util.spec_from_file_location("carry_chains", Path(ROOT) / "experiments" / "carry_chains.py")
+chains = importlib.util.module_from_spec(chains_spec)
+chains_spec.loader.exec_module(chains)
+
+
+def test_longest_carry_chain():
+    a, b = np.array([123, 199, 1999, 9999, 55, 5050, 950]), np.array([456, 1, 1, 1, 45, 4950, 50])
+    # 199 + 1: the carry from 9 + 1 passes through 9 + 0 (1); 5050 + 4950: through 5 + 4 and 0 + 9 (2);
+    # 950 + 50: 0 + 0 makes no carry, 5 + 5 does, 9 + 0 passes it on (1)
+    assert chains.longest_chain(a, b, 4).tolist() == [0, 1, 2, 3, 1, 2, 1]
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 10**6, 500), rng.integers(0, 10**6, 500)
+
+    def by_hand(x: int, y: int) -> int:  # column addition on the decimal strings
+        best = run = carry = 0
+        for dx, dy in zip(f"{x:06d}"[::-1], f"{y:06d}"[::-1]):
+            s = int(dx) + int(dy) + carry
+            run = run + 1 if carry and s == 10 else 0
+            best, carry = max(best, run), int(s >= 10)
+        return best
+
+    assert chains.longest_chain(a, b, 6).tolist() == [by_hand(x, y) for x, y in zip(a, b)]
+
+
+def test_carry_chains_report(tmp_path, monkeypatch, capsys):
+    run = train(tiny_addition(tmp_path, "train.max_steps=10")).run_dir
+    monkeypatch.setattr("sys.argv", ["carry_chains.py", str(run), "--n", "300"])
+    chains.main()
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert rows and sum(int(r[2]) for r in rows) == 300  # every sampled sum is in one row
+    assert all(0 <= float(r[4]) <= 1 for r in rows)
