@@ -1,5 +1,6 @@
 """experiments/bench_addition.py: its raw loop is the lab's training without Lightning, and its table
-rows are read off the run's own evaluations and bits."""
+rows are read off the run's own evaluations and bits; experiments/carry_chains.py counts carry chains
+as column addition does."""
 
 import importlib.util
 import re
@@ -55,7 +56,6 @@ def test_learn_reads_levels_and_bits_from_the_run(tmp_path):
 def test_budget_stops_the_run(tmp_path):
     row = bench.learn(tiny_addition(tmp_path, "train.max_steps=1000"), budget=0, name="t")
     assert row["steps"] == 1
-
 
 
 chains_spec = importlib.util.spec_from_file_location("carry_chains", Path(ROOT) / "experiments" / "carry_chains.py")
