@@ -47,6 +47,11 @@ class ModelConfig:
     # digits of equal significance) | rotary (rotary embeddings of those significance ids): joined by "+"
     position: str = "absolute"
 
+    @property
+    def positions(self) -> list[str]:
+        """"absolute+rotary" -> ["absolute", "rotary"]."""
+        return self.position.split("+")
+
 
 @dataclass
 class TrainConfig:
@@ -183,7 +188,7 @@ def validate(cfg: Config) -> None:
         v = getattr(m, key)
         _check(v is None or v >= 1, f"model.{key}", f"{v} is not >= 1")
     _check(0 <= m.dropout < 1, "model.dropout", f"{m.dropout} is not in [0, 1)")
-    parts = m.position.split("+")
+    parts = m.positions
     _check(bool(parts) and set(parts) <= {"absolute", "coupled", "rotary"} and len(set(parts)) == len(parts),
            "model.position", f"{m.position!r} is not absolute, coupled or rotary, or several joined by '+'")
     _check(parts == ["absolute"] or t.name == "addition", "model.position",

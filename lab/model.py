@@ -186,7 +186,7 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, t, C)
         if self.cfg.absolute:
             x = x + self.wpe(pos)  # (t, C)
-        if hasattr(self, "wce"):
+        if self.cfg.coupled and self.cfg.coupled_ids is not None:
             x = x + self.wce(self.coupled_ids[pos])  # (t, C) shared by positions of equal significance
         rope = (self.rotary_cos[pos], self.rotary_sin[pos]) if self.cfg.rotary else None  # 2 x (t, 1, 1, d/2)
         x = self.drop(x)

@@ -45,7 +45,7 @@ class LabModule(L.LightningModule):
         super().__init__()
         self.cfg, self.task = cfg, task
         m = cfg.model
-        parts = set(m.position.split("+"))
+        parts = set(m.positions)
         self.model = GPT(GPTConfig.from_preset(
             m.preset, vocab_size=task.vocab_size, block_size=task.block_size, n_layer=m.n_layer,
             n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias,
