@@ -13,7 +13,7 @@ seconds (evaluations included) at the first evaluation that reached it, and the 
 then; finally the last windowed bits/example against the floor and the epistemic bits of the whole run.
 `--append FILE` adds the rows to a markdown results file.
 
---vs-raw mode: the same model, data, optimizer, schedule and precision as a plain PyTorch loop, against
+--vs-raw mode: the same model, data and training step (`LabModule.step`) as a plain PyTorch loop, against
 the lab's Lightning run with its callbacks (bits, checkpoints, report; no evaluation in the window); steps
 per second over the same steady-state window, alternating the two `--repeat` times; the medians and
 their ratio.
@@ -38,7 +38,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from lab.bits import Bits  # noqa: E402
 from lab.config import Config, load  # noqa: E402
 from lab.loggers import read_metrics  # noqa: E402
-from lab.module import LabModule, lr_factor  # noqa: E402
+from lab.module import LabModule  # noqa: E402
 from lab.tasks import make_task  # noqa: E402
 from lab.train import train  # noqa: E402
 
@@ -117,30 +117,21 @@ HEADER = (
 
 # -- raw loop vs Lightning ------------------------------------------------------------------------------
 def raw_loop(cfg: Config, steps: int) -> tuple[torch.nn.Module, list[float]]:
-    """The lab's training as a plain loop: the same model and initialisation, data stream, loss, AdamW
-    groups, schedule, clipping and precision, without Lightning or callbacks. -> (model, the
-    perf_counter at the end of each step)."""
+    """The lab's training as a plain loop: the same model and initialisation, data stream and training
+    step (`LabModule.step`: loss, Grokfast, clipping, AdamW groups, schedule, the per-token bits) and
+    precision, without Lightning or callbacks. -> (model, the perf_counter at the end of each step)."""
     L.seed_everything(cfg.seed, verbose=False)
     task = make_task(cfg)
-    module = LabModule(cfg, task)  # builds the model and its optimizer exactly as the lab does
-    model, tr = module.model.train(), cfg.train
-    opt = module.configure_optimizers()["optimizer"]
-    decay = tr.decay_steps or tr.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, tr.warmup_steps, tr.schedule, decay, tr.min_lr_ratio))
+    module = LabModule(cfg, task)  # builds the model, its optimizer and schedule exactly as the lab does
+    conf = module.configure_optimizers()
+    opt, sched, tr = conf["optimizer"], conf["lr_scheduler"]["scheduler"], cfg.train
     times = []
     for step in range(steps):
         x = torch.from_numpy(task.train_batch(step, tr.batch_size).x)  # (B, T)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.precision == "bf16"):
-            loss, _ = module.loss(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tr.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-        opt.step()
-        sched.step()
+            module.step(x, opt, sched, step)
         times.append(time.perf_counter())
-    return model, times
+    return module.model, times
 
 
 def raw_steps_per_second(cfg: Config, steps: int, warm: int) -> float:

@@ -44,14 +44,15 @@ def steps_per_second(cfg, with_bits: bool, steps: int) -> float:
     module = LabModule(cfg, task)
     module.per_token_loss = with_bits
     clock = Clock(skip=20)
-    callbacks = [clock] + ([Bits(task, cfg.log.every)] if with_bits else [])
+    data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
+    callbacks = [clock] + ([Bits(task, cfg.log.every, batch_size=data.batch_size)] if with_bits else [])
     trainer = L.Trainer(
         max_steps=steps + 20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=callbacks, limit_val_batches=0, accelerator=cfg.train.accelerator,
         precision="bf16-mixed" if cfg.train.precision == "bf16" else "32-true",
-        gradient_clip_val=cfg.train.grad_clip or None, log_every_n_steps=cfg.log.every,
+        log_every_n_steps=cfg.log.every,
     )
-    trainer.fit(module, datamodule=LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size))
+    trainer.fit(module, datamodule=data)
     return clock.n / (clock.t1 - clock.t0)
 
 

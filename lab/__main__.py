@@ -76,7 +76,7 @@ def cmd_compress(args: list[str]) -> int:
     ns = _stream_args(args, "compress")
     s = compress(ns.cfg, ns.examples, ns.output)
     print(f"{ns.output}: {s.examples} examples, {s.coded_tokens} coded tokens, {s.code_bits} bits "
-          f"({s.code_bits / s.examples:.2f} bits/example; model {s.model_bits / s.examples:.2f}) in {s.seconds:.1f} s "
+          f"({s.code_bits / s.examples:.2f} bits/example; ideal {s.ideal_bits / s.examples:.2f}) in {s.seconds:.1f} s "
           f"({s.tokens_per_second:.0f} tokens/s)")
     return 0
 
@@ -165,11 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]")
     ns = parser.parse_args(argv)
+    from lab.bits import NonFiniteError
+
     try:
         return COMMANDS[ns.command](ns.args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"training error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,29 +1,44 @@
-"""Transmitted bits: the prequential code length of the training stream, split into floor and excess.
+"""Transmitted bits: the code length of the training stream, split into floor and excess.
 
-The NNCP construction: the sender arithmetic-codes each token of a batch with the current model, then
-trains on the batch; the receiver decodes with the same model and replays the same training. The code
-length of a token is -log2 q(x_t | x_<t) under the model *before* it learned from that batch, which is
-exactly the per-token loss `training_step` returns (float64, taken before the optimizer step).
+The transmitted stream, the one definition the whole lab uses (this callback, `lab compress`, the
+floors, the compressor comparison and the reports):
 
-Cumulative metrics (first-pass examples only; revisits in later epochs are free for the receiver, who
-replays them, and go to `bits/revisit`):
+- The sender and the receiver share the algorithm: the code, the config and seed, hence the model's
+  initial weights, the training schedule (which example ids each batch holds, which are new) and the
+  task's layout. What that determines is *known* (`Task.known`) and free: the layout tokens `s + = e`
+  of addition, and for a table task the question `x op y =` of each scheduled row (the table's rows
+  are public; their answers are the data).
+- Every other token of a new example is *sent*, in order, position by position:
+  - by the model being trained, if it is trained on that position (`task.loss_mask`): -log2 q(x_t |
+    x_<t) under the model as it is *before* the batch's step, without dropout (the NNCP construction:
+    code the batch, then train on it; the receiver decodes, then replays the same step);
+  - otherwise by the task's exact sampling law (`Task.law_probs`; for addition with `loss_on=answer`,
+    the operands), whose expected cost is exactly the position's floor.
+- Revisits (later epochs of a table task) are free: the receiver has the rows and replays them.
 
-    bits/total       sum over coded tokens of -log2 q(x_t)
-    bits/floor       the task's analytic floor for the same tokens (n_examples * floor per example)
+    bits/total       the code length of the stream so far: sum over sent tokens of new examples
+    bits/model       the part the model codes (equal to bits/total when the loss is on every token)
+    bits/floor       the floor of the same tokens: n_examples * the entropy of one example's sent tokens
     bits/epistemic   total - floor: what the model paid to learn the rule
-    bits/pos/<name>, bits/excess/<name>: the same per predicted position
+    bits/pos/<name>, bits/excess/<name>: the same per sent position
 
-Windowed rates over the last log interval: bits/example, bits/token, bits/floor_example,
-bits/epistemic_example, and ratios against raw text (8 bits per character), against a uniform code over
-the vocabulary, and against the floor.
+So with `task.loss_on=answer`, bits/total is the operands at their law (exactly their floor) plus the
+answer under the model: bits/epistemic is the answer's excess alone. `lab compress` writes a file of
+this length (to within the arithmetic coder's overhead: 0.05% + 64 bits).
+
+Windowed rates over the last log interval: bits/example, bits/token (per sent token),
+bits/floor_example, bits/epistemic_example, and ratios against the example's text (8 bits per
+character), against a uniform code over the vocabulary for each sent token, and against the floor.
 
 For finite tasks, at each evaluation, the description length of the whole table:
 
-    dl/table = first-pass bits of the train split (the examples not yet sent: coded by the current model)
-             + bits of the held-out examples under the current model
+    dl/table = first-pass bits of the train split (the rows not yet sent: coded by the current model)
+             + bits of the held-out rows under the current model
 
-All counters live in one float64 vector on the model's device (no host synchronisation on ordinary
-steps; one transfer per log step), are summed over DDP ranks every step, and are saved in checkpoints.
+Counters live in one float64 vector on the model's device (no host synchronisation on ordinary steps;
+one transfer per log step), are summed over DDP ranks every step, and are saved in checkpoints. Which
+rows have been sent is a function of the schedule and the step, not a record. A non-finite loss or code
+length stops the run (`NonFiniteError`) before it reaches a log row or a checkpoint.
 """
 
 from __future__ import annotations
@@ -41,20 +56,28 @@ from lab.loggers import log_metrics
 LN2 = math.log(2.0)
 
 
+class NonFiniteError(RuntimeError):
+    """The loss, a code length or the weights became non-finite: the run stops, keeping its last good
+    checkpoint."""
+
+
 class Bits(L.Callback):
-    def __init__(self, task, log_every: int, run_dir: Path | None = None):
+    def __init__(self, task, log_every: int, run_dir: Path | None = None, batch_size: int | None = None):
         self.task, self.every, self.run_dir = task, log_every, run_dir
-        self.coded = np.flatnonzero(task.loss_mask)  # (M,) the coded target positions
+        self.batch_size = batch_size or (len(task.train_idx) if task.finite else None)  # global batch
+        self.coded = np.flatnonzero(task.sent)  # (M,) the sent target positions
         self.M = len(self.coded)
+        self.by_model = task.model_coded[self.coded]  # (M,) sent by the model (else by the task's law)
         self.names = [task.target_names[t] for t in self.coded]
         self.floor = task.floor_bits[self.coded]  # (M,)
         self.floor_example = task.floor_bits_per_example
-        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per coded position (M),
-        # raw text bits, examples
+        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per sent position (M),
+        # text bits, examples
         self.acc = torch.zeros(2, self.M + 2, dtype=torch.float64)
         self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
-        self.seen = torch.zeros(task.table_size() if task.finite else 0, dtype=torch.bool)
+        self.bad_step = torch.tensor(-1)  # the first step whose loss or bits were not finite
         self._val: dict[str, torch.Tensor] = {}
+        self._unsent: torch.Tensor | None = None
         self.last_dl: dict[str, float] = {}  # the latest evaluation's dl/... metrics
 
     @property
@@ -65,34 +88,50 @@ class Bits(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         device = pl_module.device
         self.coded_idx = torch.from_numpy(self.coded).to(device)  # (M,)
+        self.model_cols = torch.from_numpy(self.by_model).to(device)  # (M,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
-        self.acc, self.last, self.seen = (t.to(device) for t in (self.acc, self.last, self.seen))
+        self.acc, self.last, self.bad_step = (t.to(device) for t in (self.acc, self.last, self.bad_step))
 
     def state_dict(self) -> dict:
-        return {"acc": self.acc.cpu(), "last": self.last.cpu(), "seen": self.seen.cpu()}
+        return {"acc": self.acc.cpu(), "last": self.last.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         device = self.acc.device
-        self.acc, self.last, self.seen = (state[k].to(device) for k in ("acc", "last", "seen"))
+        self.acc, self.last = (state[k].to(device) for k in ("acc", "last"))
 
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        nats = outputs["token_loss"].index_select(1, self.coded_idx)  # (B, M) coded positions, before the step
-        targets = batch["x"][:, 1:].index_select(1, self.coded_idx)  # (B, M)
+        x = batch["x"]  # (B, T)
+        bits = outputs["token_loss"].index_select(1, self.coded_idx) / LN2  # (B, M) model, before the step
+        if not self.by_model.all():  # the positions the task's law sends
+            law = self.task.law_bits(x.cpu().numpy())[:, self.coded]  # (B, M)
+            bits = torch.where(self.model_cols, bits, torch.from_numpy(law).to(bits.device))
         feats = torch.cat([
-            nats / LN2,  # bits per coded position
-            self.char_bits[targets].sum(1, keepdim=True),  # raw text bits of the coded tokens
-            torch.ones_like(nats[:, :1]),  # one example
+            bits,
+            self.char_bits[x].sum(1, keepdim=True),  # the example's text, in bits
+            torch.ones_like(bits[:, :1]),  # one example
         ], dim=1)  # (B, M+2)
         new = batch["new"].double()  # (B,)
         delta = torch.stack([new, 1 - new]) @ feats  # (2, M+2): first pass, revisits
+        delta = delta + 0.0 * outputs["loss"]  # a non-finite loss makes the step's counters non-finite
         if trainer.world_size > 1:
             delta = trainer.strategy.reduce(delta, reduce_op="sum")
         self.acc += delta
-        if self.task.finite:  # which table rows have been transmitted (ids are table indices)
-            self.seen[batch["ids"]] |= batch["new"]  # DDP: merged over ranks before each evaluation
-        if trainer.global_step % self.every == 0:
+        step = trainer.global_step
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(delta).all(), step, self.bad_step)
+        if step % self.every == 0:
+            self.check(pl_module)
             self._log(trainer, pl_module)
+
+    def check(self, pl_module, weights: bool = False) -> None:
+        """Raise `NonFiniteError` if a step's loss or bits (or, with `weights`, a parameter) is not finite."""
+        bad = int(self.bad_step)
+        if bad >= 0:
+            raise NonFiniteError(f"step {bad}: bits/total is not finite (the loss or the code length of the "
+                                 f"batch trained at that step); the run stops, its last good checkpoint is kept")
+        if weights and not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            raise NonFiniteError(f"step {pl_module.trainer.global_step}: the weights are not finite; "
+                                 f"the run stops, its last good checkpoint is kept")
 
     def totals(self) -> dict[str, float]:
         """The cumulative metrics, as Python floats (one host transfer)."""
@@ -100,8 +139,9 @@ class Bits(L.Callback):
         pos, n = first[: self.M], first[self.M + 1]
         total, floor = float(pos.sum()), n * self.floor_example
         out = {
-            "bits/total": total, "bits/floor": floor, "bits/epistemic": total - floor,
-            "bits/revisit": float(revisit[: self.M].sum()), "bits/examples": float(n),
+            "bits/total": total, "bits/model": float(pos[self.by_model].sum()), "bits/floor": floor,
+            "bits/epistemic": total - floor, "bits/revisit": float(revisit[: self.M].sum()),
+            "bits/examples": float(n),
         }
         for name, bits, fl in zip(self.names, pos, self.floor):
             out[f"bits/pos/{name}"] = float(bits)
@@ -123,8 +163,9 @@ class Bits(L.Callback):
                 "bits/epistemic_example": (total - floor) / n,
                 "bits/ratio_raw": total / w[0, self.M],
                 "bits/ratio_uniform": total / (n * self.M * math.log2(self.task.vocab_size)),
-                "bits/ratio_floor": total / floor if floor > 0 else float("nan"),
             })
+            if floor > 0:  # (undefined for a floor of 0: a rule without noise)
+                metrics["bits/ratio_floor"] = total / floor
             if not self.task.finite:  # (a finite task shows dl/table instead)
                 bar = {"bits/ex": total / n, "floor": self.floor_example, "epi": (total - floor) / n}
                 for k, v in bar.items():
@@ -136,9 +177,12 @@ class Bits(L.Callback):
 
     # -- evaluation: description length of the whole table (finite tasks) -----------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.check(pl_module)
         self._val = {}
-        if self.task.finite and trainer.world_size > 1:  # every rank learns what the others sent
-            self.seen = trainer.strategy.reduce(self.seen.double(), reduce_op="sum") > 0
+        if self.task.finite:  # the train rows not sent yet, in the order of the "train" evaluation set
+            sent = self.task.sent_ids(trainer.global_step, self.batch_size)
+            unsent = ~np.isin(self.task.eval_ids()["train"], sent)
+            self._unsent = torch.from_numpy(unsent).to(pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not self.task.finite:
@@ -149,8 +193,7 @@ class Bits(L.Callback):
         bits = outputs["example_bits"]  # (B,)
         if name == "train":  # only the rows not yet transmitted are coded by the current model
             start = batch_idx * trainer.val_dataloaders[dataloader_idx].batch_size
-            ids = torch.from_numpy(self.task.eval_ids()["train"][start : start + len(bits)]).to(bits.device)
-            bits = bits * ~self.seen[ids]
+            bits = bits * self._unsent[start : start + len(bits)]
         self._val[name] = self._val.get(name, 0.0) + bits.sum()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -159,6 +202,9 @@ class Bits(L.Callback):
         n_table = self.task.table_size()
         first_pass = self.acc[0, : self.M].sum()
         dl = float(first_pass + sum(self._val.values()))
+        if not math.isfinite(dl):
+            raise NonFiniteError(f"step {trainer.global_step}: dl/table is not finite; the run stops, "
+                                 f"its last good checkpoint is kept")
         floor = n_table * self.floor_example
         raw = n_table * float(self.task.uniform_bits[self.coded].sum())
         self.last_dl = {"dl/table": dl, "dl/table_epistemic": dl - floor, "dl/table_floor": floor,
@@ -168,13 +214,16 @@ class Bits(L.Callback):
 
     # -- the end: a per-position table in the run directory -------------------------------------------
     def on_train_end(self, trainer, pl_module) -> None:
+        self.check(pl_module)
         if self.run_dir is None or not trainer.is_global_zero:
             return
         first, revisit = self.acc.cpu().numpy()
         n = first[self.M + 1]
         with open(Path(self.run_dir) / "positions.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["position", "floor_bits", "total_bits", "excess_bits", "bits_per_example", "revisit_bits"])
+            w.writerow(["position", "sent_by", "floor_bits", "total_bits", "excess_bits", "bits_per_example",
+                        "revisit_bits"])
             for i, name in enumerate(self.names):
-                w.writerow([name, f"{self.floor[i]:.6f}", f"{first[i]:.3f}", f"{first[i] - n * self.floor[i]:.3f}",
-                            f"{first[i] / n if n else 0:.6f}", f"{revisit[i]:.3f}"])
+                w.writerow([name, "model" if self.by_model[i] else "law", f"{self.floor[i]:.6f}", f"{first[i]:.3f}",
+                            f"{first[i] - n * self.floor[i]:.3f}", f"{first[i] / n if n else 0:.6f}",
+                            f"{revisit[i]:.3f}"])

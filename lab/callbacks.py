@@ -19,8 +19,10 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class Checkpoints(L.Callback):
-    def __init__(self, dirpath: Path, every: int, keep: int):
-        self.dir, self.every, self.keep = Path(dirpath), every, keep
+    """`guard(pl_module)` runs before every save and raises if the state is not fit to keep (non-finite)."""
+
+    def __init__(self, dirpath: Path, every: int, keep: int, guard=None):
+        self.dir, self.every, self.keep, self.guard = Path(dirpath), every, keep, guard
         self.stop_requested = False
         self._saved_step = -1
         self._old_handler = None
@@ -41,6 +43,8 @@ class Checkpoints(L.Callback):
 
     # -- saving ---------------------------------------------------------------------------------------
     def save(self, trainer, name: str) -> Path:
+        if self.guard is not None:
+            self.guard(trainer.lightning_module)
         path = self.dir / name
         tmp = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes

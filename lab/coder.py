@@ -1,16 +1,19 @@
 """The training stream, really compressed: arithmetic coding with the model being trained (NNCP).
 
-Sender, for each batch of the stream: code every token of each new example with the current model's
-distribution (first token uniformly; it is never predicted), then take the same optimizer step the
-training run takes. Receiver: rebuild the same initial model from the config and seed, then for each
-batch decode position by position (each position's distribution needs the decoded prefix), and take
-the same step. Revisited examples (finite tasks, later epochs) are not coded: the receiver has them.
+The stream is the one `lab.bits` defines. Sender, for each batch of the stream: code every sent token of
+each new example (the model's distribution where the model is trained on the position, else the task's
+exact law; known tokens are not sent), then take the training step `lab train` takes
+(`LabModule.step`, the same function). Receiver: rebuild the same initial model from the config and
+seed, fill in the known tokens of each scheduled example (`Task.layout`), decode the others position
+by position (each position's distribution needs the decoded prefix), and take the same step. Revisited
+examples (finite tasks, later epochs) are not coded: the receiver has them. Dropout masks are a pure
+function of (seed, step), so the receiver's steps draw the sender's.
 
 Determinism: on a CPU the bits of a forward pass depend on the tensor's shape, and the receiver only
 knows a prefix. Both sides therefore compute the coding distributions the same way: incrementally, one
 position at a time for the whole (B,) batch, with a key/value cache (`Coding`). The same calls on the
 same shapes and the same values give the same bits, and each side pays about one forward pass per
-batch. Dropout must be off; the thread count is fixed by the file.
+batch. The thread count is fixed by the file.
 Each batch's coding distributions have a checksum in the file: a receiver that diverges stops with an
 error instead of writing a wrong stream.
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 import time
 from contextlib import contextmanager
@@ -58,7 +60,7 @@ def library_versions() -> dict[str, str]:
 class Stats:
     examples: int
     coded_tokens: int
-    model_bits: float  # sum of -log2 q over the coded tokens (float64, before quantization)
+    ideal_bits: float  # sum of -log2 q over the coded tokens (float64, before quantization): bits/total
     code_bits: int  # size of the arithmetic code
     seconds: float
 
@@ -84,13 +86,12 @@ class Replay:
     """The training both sides run: the same initial weights, and one identical step per batch."""
 
     def __init__(self, cfg: Config):
-        if cfg.model.dropout != 0:
-            raise ConfigError("model.dropout: must be 0 to compress (the receiver cannot replay dropout)")
         if cfg.train.devices != 1 or cfg.train.precision != "32":
             raise ConfigError("train.devices: compression runs one process in fp32")
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights as `lab train`
         self.cfg, self.task = cfg, make_task(cfg)
         self.module = LabModule(self.cfg, self.task)
+        self.module.per_token_loss = False  # the coder computes its distributions itself (`Coding`)
         conf = self.module.configure_optimizers()
         self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
         self.batch_size = cfg.train.batch_size or len(self.task.train_idx)
@@ -106,17 +107,26 @@ class Replay:
         self.module.model.eval()
         return Coding(self.module.model)
 
-    def step(self, x: np.ndarray) -> None:
-        """One training step on the whole batch, as Lightning's loop takes it."""
-        self.module.model.train()
-        loss, _ = self.module.loss(torch.from_numpy(x))
-        loss.backward()
-        self.module.on_before_optimizer_step(self.opt)  # Grokfast, when enabled
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.model.parameters(), self.cfg.train.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+    def step(self, x: np.ndarray, step: int) -> None:
+        """Training step `step` on the whole batch: the function `lab train` runs."""
+        self.module.step(torch.from_numpy(x), self.opt, self.sched, step)
+
+    def code(self, x: np.ndarray, rows: np.ndarray, code_one) -> tuple[str, float]:
+        """Position by position over the batch x (B, T): for each sent target t, the (n, V) coding
+        distribution of the n rows being sent, from the model (incrementally, every row feeding the key/
+        value cache) or from the task's law; `code_one(t, p)` encodes x[rows, t+1], or decodes it into x.
+        -> (checksum of the distributions, sum of -log2 p of the coded tokens)."""
+        task, coding, h, bits = self.task, self.coding(), hashlib.sha256(), 0.0
+        last = np.flatnonzero(task.sent)[-1]
+        for t in range(last + 1):
+            q = coding.next(x[:, t])  # (B, V): the model's law of x[:, t+1]
+            if not task.sent[t]:
+                continue
+            p = np.ascontiguousarray(q[rows] if task.model_coded[t] else task.law_probs(x[rows], t))  # (n, V)
+            code_one(t, p)
+            h.update(p.tobytes())
+            bits -= float(np.log2(p[np.arange(len(rows)), x[rows, t + 1]]).sum())
+        return _checksum(h), bits
 
     def plan(self, n_examples: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(step, ids, new) of the batches holding the first n_examples of the stream."""
@@ -156,39 +166,31 @@ def _compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
     t0 = time.time()
     replay = Replay(cfg)
     task = replay.task
-    first = {int(t): i for i, t in enumerate(task.first_tokens)}
     encoder = constriction.stream.queue.RangeEncoder()
-    checksums, coded, model_bits = [], 0, 0.0
+    checksums, coded, ideal_bits = [], 0, 0.0
     plan = replay.plan(n_examples)
     for step, ids, new in plan:
         x = task.train_batch(step, replay.batch_size).x[: len(ids)]  # (B, T) the data to send
-        coding = replay.coding()
-        h = hashlib.sha256()
         rows = np.flatnonzero(new)
-        if len(rows) and len(first) > 1:
-            encoder.encode(np.array([first[int(t)] for t in x[rows, 0]], dtype=np.int32),
-                           constriction.stream.model.Uniform(len(first)))
-            model_bits += len(rows) * math.log2(len(first))
-        for t in range(task.seq_len - 1):  # position-major: the order the receiver decodes in
-            if len(rows) == 0:
-                break
-            p = np.ascontiguousarray(coding.next(x[:, t])[rows])  # (n, V)
-            symbols = x[rows, t + 1].astype(np.int32)
-            encoder.encode(symbols, CATEGORICAL, p)
-            h.update(p.tobytes())
-            model_bits -= float(np.log2(p[np.arange(len(rows)), symbols]).sum())
-            coded += len(rows)
-        checksums.append(_checksum(h))
+        checksum = ""
+        if len(rows):
+            def encode(t, p, x=x, rows=rows):
+                encoder.encode(x[rows, t + 1].astype(np.int32), CATEGORICAL, p)
+
+            checksum, bits = replay.code(x, rows, encode)
+            ideal_bits += bits
+            coded += len(rows) * int(task.sent.sum())
+        checksums.append(checksum)
         if step < len(plan) - 1:  # (no step after the last batch: nothing is coded after it)
-            replay.step(x)
+            replay.step(x, step)
     code = encoder.get_compressed()  # uint32 words
     header = {
         "format": FORMAT, "config": to_dict(cfg), "libraries": library_versions(),
         "threads": torch.get_num_threads(), "examples": n_examples, "params": replay.param_checksum_at_start,
-        "batches": checksums, "coded_tokens": coded, "model_bits": model_bits,
+        "batches": checksums, "coded_tokens": coded, "ideal_bits": ideal_bits,
     }
     _write(Path(out), header, code)
-    return Stats(n_examples, coded, model_bits, 32 * len(code), time.time() - t0)
+    return Stats(n_examples, coded, ideal_bits, 32 * len(code), time.time() - t0)
 
 
 def _write(path: Path, header: dict, code: np.ndarray) -> None:
@@ -230,7 +232,6 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
     if replay.param_checksum_at_start != header["params"]:
         raise CodecError(f"{path}: the initial weights differ from the sender's (config or code changed)")
     task = replay.task
-    first = task.first_tokens
     decoder = constriction.stream.queue.RangeDecoder(code)
     n = header["examples"]
     store: dict[int, np.ndarray] = {}
@@ -238,35 +239,29 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
     coded = 0
     plan = replay.plan(n)
     for step, ids, new in plan:
-        B, T = len(ids), task.seq_len
-        x = np.zeros((B, T), dtype=np.int64)
+        x = task.layout(ids)  # (B, T) what the receiver knows of these examples before decoding
         rows = np.flatnonzero(new)
         for i in np.flatnonzero(~new):
             x[i] = store[int(ids[i])]
+        checksum = ""
         if len(rows):
-            x[rows, 0] = first[decoder.decode(constriction.stream.model.Uniform(len(first)), len(rows))] \
-                if len(first) > 1 else first[0]
-        h = hashlib.sha256()
-        coding = replay.coding()
-        for t in range(T - 1):
-            if len(rows) == 0:
-                break
-            p = np.ascontiguousarray(coding.next(x[:, t])[rows])  # (n, V) from the decoded prefix
-            x[rows, t + 1] = decoder.decode(CATEGORICAL, p)
-            h.update(p.tobytes())
-            coded += len(rows)
-        if _checksum(h) != header["batches"][step]:
+            def decode(t, p, x=x, rows=rows):
+                x[rows, t + 1] = decoder.decode(CATEGORICAL, p)
+
+            checksum, _ = replay.code(x, rows, decode)
+            coded += len(rows) * int(task.sent.sum())
+        if checksum != header["batches"][step]:
             raise CodecError(f"{path}: decoding diverged from the sender at batch {step} "
                              f"(different machine arithmetic, threads or code); nothing was written")
         for i in rows:
             store[int(ids[i])] = x[i].copy()
         lines += [task.to_text(row) for row in x]
         if step < len(plan) - 1:
-            replay.step(x)
+            replay.step(x, step)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text("".join(lines))
     tmp.replace(out)
-    return Stats(n, coded, header["model_bits"], 32 * len(code), time.time() - t0)
+    return Stats(n, coded, header["ideal_bits"], 32 * len(code), time.time() - t0)
 
 
 def dump(cfg: Config, n_examples: int, out: str | Path) -> None:

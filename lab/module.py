@@ -1,7 +1,11 @@
-"""The LightningModule: loss, optimizer and schedule, and held-out evaluation.
+"""The LightningModule: loss, optimizer and schedule, the training step, and held-out evaluation.
 
-`training_step` returns the loss and the detached per-token loss (B, T-1) in nats, computed in float64
-from the logits the optimizer is about to learn from: the bits callback turns it into code length.
+`LabModule.step` is the one training step of the lab: `lab train` (through `training_step`, Lightning's
+manual optimization), both sides of the coder (`lab.coder.Replay`) and the benchmark's raw loop call it,
+so a receiver replays exactly what training did. It returns the loss and the detached per-token loss
+(B, T-1) in nats, float64, under the model *before* the step, as the receiver can compute it (no
+dropout): the bits callback turns it into code length. Dropout masks are a pure function of
+(seed, step), so a receiver (and a resumed run) draws the same ones.
 
 Evaluation (every `train.eval_every` steps) on each of the task's evaluation sets ("val", and "train"
 for finite tasks): teacher-forced loss per position, exact match by greedy generation of the whole
@@ -30,6 +34,11 @@ def token_nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets[..., None]).squeeze(-1)
 
 
+def dropout_seed(seed: int, step: int) -> int:
+    """The torch seed of step `step`'s dropout masks."""
+    return (seed * 1_000_003 + step) % 2**63
+
+
 def lr_factor(step: int, warmup: int, schedule: str, decay_steps: int, min_ratio: float) -> float:
     """Linear warmup to 1, then constant or cosine down to `min_ratio` at `decay_steps` (flat after)."""
     if step < warmup:
@@ -52,9 +61,10 @@ class LabModule(L.LightningModule):
             coupled_ids=tuple(task.coupled_ids.tolist()) if {"coupled", "rotary"} & parts else None,
             absolute="absolute" in parts, coupled="coupled" in parts, rotary="rotary" in parts,
         ))
-        self.register_buffer("loss_mask", torch.from_numpy(task.loss_mask), persistent=False)  # (T-1,)
-        coded = torch.from_numpy(task.loss_mask.nonzero()[0])
-        self.register_buffer("coded_idx", coded, persistent=False)  # (M,) coded positions: no host sync
+        self.automatic_optimization = False  # `step` below is the whole step, shared with the coder
+        self.register_buffer("model_mask", torch.from_numpy(task.model_coded), persistent=False)  # (T-1,)
+        trained = torch.from_numpy(task.loss_mask.nonzero()[0])
+        self.register_buffer("trained_idx", trained, persistent=False)  # (M,) trained positions: no host sync
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
@@ -66,24 +76,58 @@ class LabModule(L.LightningModule):
         return self.model(idx)
 
     # -- training -------------------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T) rows -> (mean cross-entropy over the coded positions, logits (B, T-1, V))."""
+    def loss(self, x: torch.Tensor, n_global: int | None = None, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T) rows -> (loss, logits (B, T-1, V)). The loss is the mean cross-entropy over the trained
+        positions of the whole global batch of `n_global` rows (default B), of which this process holds
+        B: DDP averages gradients over `world` processes, so each contributes its sum * world / total
+        (a process with no rows contributes zero, not NaN)."""
         logits = self.model(x[:, :-1])  # (B, T-1, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
-        return nll.index_select(1, self.coded_idx).mean(), logits
+        trained = nll.index_select(1, self.trained_idx)  # (B, M)
+        return trained.sum() * (world / ((n_global or len(x)) * trained.shape[1])), logits
+
+    def step(self, x: torch.Tensor, opt, sched, step: int, n_global: int | None = None, world: int = 1,
+             backward=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training step on rows x (B, T), optimizer step `step` (0-based): forward, backward, Grokfast,
+        gradient clipping, optimizer and schedule. -> (detached loss, per-token nats (B, T-1) float64
+        under the model before the step, or None when `per_token_loss` is off)."""
+        dropout = self.model.cfg.dropout > 0
+        if dropout:
+            torch.manual_seed(dropout_seed(self.cfg.seed, step))
+        self.model.train()
+        loss, logits = self.loss(x, n_global, world)
+        nats = None
+        if self.per_token_loss:
+            if dropout:  # code with the model a receiver can run: the same weights, no dropout
+                self.model.eval()
+                with torch.no_grad():
+                    logits = self.model(x[:, :-1])
+                self.model.train()
+            nats = token_nats(logits, x[:, 1:])  # (B, T-1)
+        opt.zero_grad(set_to_none=True)
+        (backward or torch.Tensor.backward)(loss)
+        self._grokfast()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        return loss.detach(), nats
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
-        x = batch["x"]  # (B, T)
-        loss, logits = self.loss(x)
+        x = batch["x"]  # (B, T) this process's rows of the global batch
+        step = self.trainer.global_step
+        loss, nats = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
+                               self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        self.log("examples_seen", float(self.examples_seen))
-        if not self.per_token_loss:
-            return {"loss": loss}
-        return {"loss": loss, "token_loss": token_nats(logits, x[:, 1:])}
+        self.log("train/loss", loss, prog_bar=True, logger=False)
+        if (step + 1) % self.cfg.log.every == 0:  # float64 rows with the exact examples_seen
+            if self.trainer.world_size > 1:
+                loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+            log_metrics(self.trainer, {"train/loss": float(loss), "examples_seen": float(self.examples_seen),
+                                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
+        return {"loss": loss} if nats is None else {"loss": loss, "token_loss": nats}
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def _grokfast(self) -> None:
         """Grokfast-EMA (Lee et al. 2024): amplify the slow component of the gradient,
         g <- g + lambda * ema(g), ema <- alpha * ema + (1 - alpha) * g."""
         lam, alpha = self.cfg.train.grokfast_lambda, self.cfg.train.grokfast_alpha
@@ -131,10 +175,11 @@ class LabModule(L.LightningModule):
             ("exact", correct.all(1).double().sum()),
         ):
             s[key] = s[key] + value if key in s else value
-        return {"example_bits": (nats * self.loss_mask).sum(1) / LN2}  # (B,) coded bits per example
+        return {"example_bits": (nats * self.model_mask).sum(1) / LN2}  # (B,) model-coded bits per example
 
     def on_validation_epoch_end(self) -> None:
         names, mask, floor = self.task.target_names, self.task.loss_mask, self.task.floor_bits
+        sent = self.task.model_coded  # the positions the model codes in the stream
         metrics = {}
         for name, s in self._eval.items():
             s = {k: v.cpu().numpy() for k, v in s.items()}  # one transfer per evaluation
@@ -143,8 +188,8 @@ class LabModule(L.LightningModule):
             if name == "val":
                 metrics["val/loss"] = float(nats[mask].mean())
                 metrics["val/exact_match"] = exact
-                metrics["val/bits_example"] = float((nats[mask] / LN2).sum())
-                metrics["val/excess_bits_example"] = float((nats / LN2 - floor)[mask].sum())
+                metrics["val/bits_example"] = float((nats[sent] / LN2).sum())
+                metrics["val/excess_bits_example"] = float((nats / LN2 - floor)[sent].sum())
                 metrics.update({f"val/loss/{names[t]}": float(nats[t]) for t in range(len(names)) if mask[t]})
                 acc = s["correct"] / s["n"]
                 metrics.update({f"val/acc/{names[t]}": float(acc[j])

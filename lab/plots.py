@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,9 @@ from lab.loggers import read_metrics  # noqa: E402
 
 
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    """(steps, values) of the rows that logged `key`; a non-finite value (null in the file) is nan, so
+    a curve shows the gap and its last value is never a stale earlier one."""
+    pts = [(r["step"], math.nan if r[key] is None else r[key]) for r in rows if key in r]
     return [s for s, _ in pts], [v for _, v in pts]
 
 

@@ -13,6 +13,7 @@ rank correlation printed. Compression tracking generalization shows as a strongl
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def last(rows: list[dict], key: str):
-    return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+    """The value of `key` in the last row that logged it; nan if that value was not finite (null in
+    metrics.jsonl): a stale earlier value is never shown as final. None if no row logged it."""
+    v = next((r[key] for r in reversed(rows) if key in r), KeyError)
+    return None if v is KeyError else math.nan if v is None else v
 
 
 FINAL = ["step", "examples_seen", "val/exact_match", "val/clean_exact_match", "train/exact_match", "val/loss",
@@ -73,7 +77,7 @@ def run_report(run_dir: Path) -> dict:
     write_table([final], run_dir / "report")
     fig, (ax, heat) = plt.subplots(2, 1, figsize=(9, 8))
     x, rate = series(rows, "bits/example")
-    xs = [r["examples_seen"] for r in rows if r.get("bits/example") is not None]
+    xs = [r["examples_seen"] for r in rows if "bits/example" in r]
     floor = last(rows, "bits/floor_example")
     if xs:
         ax.plot(xs, rate, color="C0", label="bits per example (last interval)")
@@ -131,7 +135,7 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     metric = "dl/table" if all("dl/table" in t for t in table) else "bits/example"
     label = lambda t: ", ".join(str(t[k]) for k in varying) or t["run"]  # noqa: E731
     pts = [(t[metric], t["val/exact_match"], label(t)) for t in table
-           if t.get(metric) is not None and t.get("val/exact_match") is not None]
+           if all(t.get(k) is not None and math.isfinite(t[k]) for k in (metric, "val/exact_match"))]
     rho = spearman([p[0] for p in pts], [p[1] for p in pts])
     write_table(table, sweep_dir / "report")
     fig, ax = plt.subplots(figsize=(7, 5))

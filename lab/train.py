@@ -110,8 +110,9 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
     module = LabModule(cfg, task)
     data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
 
-    bits = Bits(task, cfg.log.every, run_dir)
-    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints)
+    bits = Bits(task, cfg.log.every, run_dir, data.batch_size)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
+                              guard=lambda m: bits.check(m, weights=True))
     probes = GrokkingProbes(task)
     callbacks = [bits, probes, Report(), checkpoints]
     if cfg.log.progress_bar:
@@ -131,7 +132,6 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
         devices=tr.devices,
         strategy="ddp" if tr.devices > 1 else "auto",
         precision="bf16-mixed" if tr.precision == "bf16" else "32-true",
-        gradient_clip_val=tr.grad_clip or None,
         val_check_interval=tr.eval_every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, tiny_addition, tiny_modular
@@ -12,35 +13,59 @@ from lab.loggers import read_metrics
 from lab.train import train
 
 
+def sent_bits(model, x, task) -> torch.Tensor:
+    """(B,) bits of each row's sent tokens under `model` as it is now: sum -log2 softmax, float64."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x[:, :-1]).double(), -1)  # (B, T-1, V)
+    bits = -logp.gather(-1, x[:, 1:, None]).squeeze(-1) / math.log(2)  # (B, T-1)
+    return bits[:, torch.from_numpy(task.sent)].sum(1)
+
+
 class Recompute(L.Callback):
-    """Independently codes each batch with the model as it is before the step: sum -log2 softmax."""
+    """Independently codes each batch's new rows with the model before the step and after it."""
 
     def __init__(self):
-        self.first_pass = 0.0
-        self.by_step = []
+        self.before, self.after, self.by_step = 0.0, 0.0, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        x = batch["x"]
-        with torch.no_grad():
-            logp = torch.log_softmax(pl_module.model(x[:, :-1]).double(), -1)  # (B, T-1, V)
-        bits = -logp.gather(-1, x[:, 1:, None]).squeeze(-1) / math.log(2)  # (B, T-1)
-        mask = torch.from_numpy(pl_module.task.loss_mask)
-        coded = float(bits[batch["new"]][:, mask].sum())
-        self.first_pass += coded
+        coded = float(sent_bits(pl_module.model, batch["x"], pl_module.task)[batch["new"]].sum())
+        self.before += coded
         self.by_step.append(coded)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after += float(sent_bits(pl_module.model, batch["x"], pl_module.task)[batch["new"]].sum())
 
-def test_total_equals_independent_recomputation(tmp_path):
+
+def test_bits_are_taken_before_the_step(tmp_path):
+    """bits/total is the code under the model before it learned from each batch (what a receiver can
+    decode), not after: the two differ by far more than the tolerance."""
     rec = Recompute()
     result = train(tiny_addition(tmp_path, "train.lr=3e-3"), extra_callbacks=[rec])
     t = result.bits.totals()
-    assert t["bits/total"] == pytest.approx(rec.first_pass, rel=1e-12)
+    assert t["bits/total"] == pytest.approx(rec.before, rel=1e-12)
+    assert abs(t["bits/total"] - rec.after) > 1e-3 * t["bits/total"]  # coding after the step is cheaper
     assert t["bits/floor"] == pytest.approx(30 * 32 * result.module.task.floor_bits_per_example, rel=1e-12)
     assert t["bits/epistemic"] == pytest.approx(t["bits/total"] - t["bits/floor"], rel=1e-12)
     per_pos = sum(v for k, v in t.items() if k.startswith("bits/pos/"))
     assert per_pos == pytest.approx(t["bits/total"], rel=1e-12)
-    # the model learns, so coding after the step would have been cheaper: the order matters
-    assert rec.by_step[-1] < rec.by_step[0]
+    assert len([k for k in t if k.startswith("bits/pos/")]) == 10  # 3 + 3 + 4 digits: s + = e are known
+    assert t["bits/model"] == t["bits/total"]  # loss on every token: the model sends everything
+
+
+def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path):
+    """With the loss on the answer, the operands are sent by the task's law: bits/total = the operands'
+    exact law cost (log2 of the number of pairs the stream can yield, for every example) + the model's
+    answer bits; their excess is exactly zero."""
+    result = train(tiny_addition(tmp_path, "task.loss_on=answer"))
+    task, t = result.module.task, result.bits.totals()
+    n = t["bits/examples"]
+    pairs = 900 * 900 - 200  # 3-digit operands, 200 held-out pairs
+    law = sum(v for k, v in t.items() if k.startswith("bits/pos/") and k[len("bits/pos/")] in "ab")
+    assert law == pytest.approx(n * math.log2(pairs), rel=1e-12)
+    assert t["bits/total"] == pytest.approx(law + t["bits/model"], rel=1e-12)
+    assert t["bits/floor"] == pytest.approx(n * (math.log2(pairs) + task.floor_bits[task.model_coded].sum()))
+    for name in ("a2", "a0", "b1"):
+        assert abs(t[f"bits/excess/{name}"]) < 1e-6 * t[f"bits/pos/{name}"] + 0.5  # realised vs expected
 
 
 def test_windowed_rates_and_ratios(tmp_path):
@@ -50,9 +75,9 @@ def test_windowed_rates_and_ratios(tmp_path):
     n = r2["bits/examples"] - r1["bits/examples"]
     window = r2["bits/total"] - r1["bits/total"]
     assert r2["bits/example"] == pytest.approx(window / n, rel=1e-9)
-    assert r2["bits/token"] == pytest.approx(window / n / 13, rel=1e-9)  # 3 digits: 13 coded tokens
-    assert r2["bits/ratio_raw"] == pytest.approx(window / (n * 13 * 8), rel=1e-9)
-    assert r2["bits/ratio_uniform"] == pytest.approx(window / (n * 13 * math.log2(14)), rel=1e-9)
+    assert r2["bits/token"] == pytest.approx(window / n / 10, rel=1e-9)  # 3 digits: 10 sent tokens
+    assert r2["bits/ratio_raw"] == pytest.approx(window / (n * 13 * 8), rel=1e-9)  # 13 characters a line
+    assert r2["bits/ratio_uniform"] == pytest.approx(window / (n * 10 * math.log2(14)), rel=1e-9)
     assert r2["bits/ratio_floor"] == pytest.approx(window / (n * r2["bits/floor_example"]), rel=1e-9)
     assert r2["bits/epistemic_example"] == pytest.approx(r2["bits/example"] - r2["bits/floor_example"])
 
@@ -85,16 +110,19 @@ def test_dl_table_is_first_pass_plus_held_out(tmp_path):
 
 
 def test_dl_table_before_the_first_pass_codes_the_unsent_rows(tmp_path):
-    """At step 1 only 16 of 36 train rows were sent: the other 20 are coded by the current model."""
+    """At step 1 only 16 of 36 train rows were sent: dl/table codes exactly the other 20 with the
+    current model (to the last bits), and not any other 20 rows."""
     result = train(tiny_modular(tmp_path, "train.max_steps=1", "train.eval_every=1", "log.every=1"))
+    task, model = result.module.task, result.module.model.eval()
     row = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "dl/table" in r][-1]
-    sent = result.bits.totals()["bits/total"]
-    n_val, n_train = len(result.module.task.val_idx), len(result.module.task.train_idx)
-    coded_now = row["dl/table"] - sent - n_val * row["val/bits_example"]
-    # the 20 unsent rows cost about as much per row as the training rows under the current model
-    per_row = row["train/eval_loss"] / math.log(2)
-    assert coded_now == pytest.approx(20 * per_row, rel=0.2)
-    assert n_train == 36
+    coded_now = row["dl/table"] - result.bits.totals()["bits/total"] - len(task.val_idx) * row["val/bits_example"]
+    sent = task.train_batch(0, 16).ids
+    unsent = np.setdiff1d(task.train_idx, sent)
+    assert len(task.train_idx) == 36 and len(unsent) == 20
+    bits = sent_bits(model, torch.from_numpy(task.table[unsent]), task).sum()
+    assert coded_now == pytest.approx(float(bits), rel=1e-9, abs=1e-6)
+    others = np.setdiff1d(np.r_[task.train_idx, task.val_idx], unsent)[:20]  # any other 20 rows
+    assert abs(float(sent_bits(model, torch.from_numpy(task.table[others]), task).sum()) - coded_now) > 1e-3
 
 
 def test_pure_noise_has_no_epistemic_gain(tmp_path):
@@ -120,13 +148,20 @@ def test_pure_noise_has_no_epistemic_gain(tmp_path):
     assert revisit[-1] < floor - 0.5  # memorised noise: the training rows fall below the floor
 
 
-def _run_cli(tmp_path, name, *overrides):
+ADDITION = ["configs/addition.yaml", "task.n_digits=3", "task.n_heldout=200", "model.preset=gpt-nano",
+            "train.batch_size=64", "train.max_steps=12", "train.eval_every=12", "log.every=4"]
+# 36 train rows; batch 35 leaves the second process no row in the last batch of each epoch
+MODULAR = ["configs/grokking.yaml", "task.p=11", "model.preset=gpt-nano", "model.n_layer=1", "train.batch_size=35",
+           "train.max_steps=4", "train.eval_every=2", "train.warmup_steps=1", "log.every=1"]
+
+
+def _run_cli(tmp_path, name, base, *overrides):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
     env.pop("LAB_RUN_NAME", None)
-    cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/configs/addition.yaml",
-           "task.n_digits=3", "task.n_heldout=200", "model.preset=gpt-nano", "train.batch_size=64",
-           "train.max_steps=12", "train.eval_every=12", "log.every=4", f"log.dir={tmp_path}", f"log.name={name}",
-           "log.wandb=false", "log.progress_bar=false", "train.threads=1", "train.accelerator=cpu", *overrides]
+    config, *rest = base
+    cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/{config}", *rest, f"log.dir={tmp_path}",
+           f"log.name={name}", "log.wandb=false", "log.progress_bar=false", "train.threads=1",
+           "train.accelerator=cpu", *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return read_metrics(tmp_path / name / "metrics.jsonl")
@@ -135,11 +170,53 @@ def _run_cli(tmp_path, name, *overrides):
 @pytest.mark.parametrize("lr,rel", [(0.0, 1e-9), (3e-3, 0.01)])
 def test_ddp_total_equals_single_process(tmp_path, lr, rel):
     """Two gloo processes split each global batch; the bits are summed over both and logged once."""
-    one = _run_cli(tmp_path, "one", f"train.lr={lr}")
-    two = _run_cli(tmp_path, "two", f"train.lr={lr}", "train.devices=2")
+    one = _run_cli(tmp_path, "one", ADDITION, f"train.lr={lr}")
+    two = _run_cli(tmp_path, "two", ADDITION, f"train.lr={lr}", "train.devices=2")
     a = [r["bits/total"] for r in one if "bits/total" in r]
     b = [r["bits/total"] for r in two if "bits/total" in r]
     assert len(a) == len(b) == 3  # logged once per log step, not once per rank
     assert [r["bits/examples"] for r in two if "bits/examples" in r] == [256.0, 512.0, 768.0]
+    assert [r["examples_seen"] for r in two] == [256.0, 512.0, 768.0]
     for x, y in zip(a, b):
         assert y == pytest.approx(x, rel=rel)
+
+
+def test_ddp_table_task_with_an_empty_process_equals_single_process(tmp_path):
+    """A table task under DDP: the last batch of each epoch (1 row) leaves one process empty. Its loss
+    is zero, not NaN, so training, bits/total and dl/table equal one process's, and examples_seen is
+    exact in every row."""
+    one = _run_cli(tmp_path, "one", MODULAR)
+    two = _run_cli(tmp_path, "two", MODULAR, "train.devices=2")
+    assert [r["examples_seen"] for r in two] == [35.0, 36.0, 71.0, 72.0]
+    assert all(v is not None for r in two for v in r.values())  # nothing non-finite
+    for key in ("bits/total", "dl/table", "train/loss"):
+        a, b = [r[key] for r in one if key in r], [r[key] for r in two if key in r]
+        assert len(a) == len(b) > 1
+        for x, y in zip(a, b):
+            assert y == pytest.approx(x, rel=1e-5), key
+
+
+def test_ddp_table_task_resumed_in_its_first_epoch_ends_with_the_same_dl_table(tmp_path):
+    """Interrupted after step 1 of 3 in the first epoch (each process sent its own half of the batch),
+    then resumed: the rows already sent are the same for both processes, so dl/table ends exactly as an
+    uninterrupted run's."""
+    base = [*MODULAR, "train.batch_size=16", "train.devices=2"]
+    whole = _run_cli(tmp_path, "whole", base, "train.max_steps=6")
+    _run_cli(tmp_path, "cut", base, "train.max_steps=1")  # no evaluation before its checkpoint
+    resumed = _run_cli(tmp_path, "cut", base, "train.max_steps=6", f"train.resume={tmp_path / 'cut'}")
+    dl = lambda rs: [r["dl/table"] for r in rs if "dl/table" in r and r["step"] > 1]  # noqa: E731
+    assert dl(resumed) == dl(whole) and len(dl(whole)) == 3
+    assert [r["examples_seen"] for r in resumed] == [r["examples_seen"] for r in whole]
+
+
+class BigStart(L.Callback):
+    """Starts examples_seen past 2^24, where float32 can no longer hold every integer."""
+
+    def on_train_start(self, trainer, pl_module):
+        pl_module.examples_seen = 2**24 + 1
+
+
+def test_examples_seen_is_exact_in_every_row(tmp_path):
+    result = train(tiny_addition(tmp_path, "train.batch_size=30", "train.max_steps=10"), extra_callbacks=[BigStart()])
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert rows and all(r["examples_seen"] == 2**24 + 1 + 30 * r["step"] for r in rows)

@@ -38,7 +38,33 @@ def test_addition_floor_is_exact_conditional_entropy(leading_zeros, reverse, los
     assert len(dist) == len(rows)
     np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
     expected = 4 * math.log2(10) if leading_zeros else 2 * (math.log2(9) + math.log2(10))
-    assert task.floor_bits_per_example == pytest.approx(expected if loss_on == "all" else 0.0, abs=1e-12)
+    assert task.floor_bits_per_example == pytest.approx(expected, abs=1e-12)  # whatever the loss is on
+    assert task.law_coded.sum() == (4 if loss_on == "answer" else 0)
+
+
+@pytest.mark.parametrize("n,leading_zeros,heldout", [(1, False, 40), (2, False, 2000), (2, True, 3000)])
+def test_addition_floor_and_law_exclude_the_heldout_pairs_exactly(n, leading_zeros, heldout):
+    """The stream never yields a held-out pair: its operands are uniform over the other pairs. The floors
+    are that law's conditional entropies and `law_probs` its conditionals, both by enumeration."""
+    task = Addition(n, leading_zeros, False, "answer", n_heldout=heldout)
+    lo = 0 if leading_zeros else 10 ** (n - 1)
+    held = {tuple(p) for p in task.heldout_pairs.tolist()}
+    pairs = [(a, b) for a in range(lo, 10**n) for b in range(lo, 10**n) if (a, b) not in held]
+    rows = task.encode(*np.array(pairs).T)
+    dist = {tuple(r): 1 / len(rows) for r in rows.tolist()}
+    H = conditional_entropies(dist)
+    np.testing.assert_allclose(task.floor_bits, H, atol=1e-9, rtol=0)
+    assert task.floor_bits_per_example == pytest.approx(math.log2(len(pairs)), abs=1e-9)
+    uniform = 2 * math.log2(10 ** n - lo)
+    assert uniform - task.floor_bits_per_example > 1e-3  # the exclusion matters here
+    bits = task.law_bits(rows)  # (N, T-1): every example's operands cost log2 |pairs| bits
+    np.testing.assert_allclose(bits.sum(1), math.log2(len(pairs)), atol=1e-9)
+    for t in np.flatnonzero(task.law_coded):  # the law's conditionals, row by row, by counting
+        prefix = Counter(tuple(r[: t + 1]) for r in rows.tolist())
+        nxt = Counter(tuple(r[: t + 2]) for r in rows.tolist())
+        expected = np.array([nxt[tuple(r[: t + 2])] / prefix[tuple(r[: t + 1])] for r in rows.tolist()])
+        p = task.law_probs(rows, t)[np.arange(len(rows)), rows[:, t + 1]]
+        np.testing.assert_allclose(p, expected, rtol=1e-12)
 
 
 def test_addition_8_digit_floors_match_the_reference():
@@ -65,8 +91,13 @@ def test_modular_floor_is_exact_conditional_entropy(op, noise, loss_on):
             prob = (1 - noise) if z == row[-1] else noise / (p - 1)
             if prob > 0:
                 dist[(*row[:-1], z)] = prob / len(clean)
-    np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
+    H = conditional_entropies(dist)
+    # the question x o y = is known to the receiver (the scheduled row's layout): only z is sent
+    assert task.known.tolist() == [True, True, True, True, False]
+    np.testing.assert_allclose(task.floor_bits, [0.0, 0.0, 0.0, H[3]], atol=1e-9, rtol=0)
+    assert H[1] > 0  # y is not predictable from x: its floor is 0 only because it is not sent
     assert task.loss_mask.tolist() == ([True] * 4 if loss_on == "all" else [False, False, False, True])
+    assert task.floor_bits_per_example == pytest.approx(noise_floor(noise, p), abs=1e-12)
 
 
 @pytest.mark.parametrize("leading_zeros,reverse", [(False, False), (True, True)])
@@ -186,17 +217,12 @@ def test_permutation_tasks(op, noise):
         inv = [int(np.argwhere(xi == k)[0, 0]) for k in range(5)]
         expected = {"x*y": xy, "x*y*x^-1": [xy[inv[k]] for k in range(5)], "x*y*x": [xy[xi[k]] for k in range(5)]}[op]
         assert z[i].tolist() == expected
-    # the floor by enumeration: every (x, y) equally likely, the answer noisy as defined
-    dist = {}
-    clean = task.table.copy()
-    clean[:, -1] = task.clean_answers
-    for row in clean[:: 120 * 7 + 1].tolist():  # the floor is per-row: a subset of rows suffices
-        for zz in range(120):
-            prob = (1 - noise) if zz == row[-1] else noise / 119
-            if prob > 0:
-                dist[(*row[:-1], zz)] = prob
-    H = conditional_entropies({k: v / sum(dist.values()) for k, v in dist.items()})
-    np.testing.assert_allclose(task.floor_bits[2:], H[2:], atol=1e-9)  # '=' and the answer
+    # the floor by enumeration over all 14,400 rows: the question is known, the answer noisy as defined
+    probs = np.full((len(task.table), 120), noise / 119)  # (N, 120) law of z given each row's question
+    probs[np.arange(len(task.table)), task.clean_answers] = 1 - noise
+    H = -(probs * np.log2(np.where(probs > 0, probs, 1))).sum(1).mean()
+    assert task.known.tolist() == [True, True, True, True, False]
+    np.testing.assert_allclose(task.floor_bits, [0.0, 0.0, 0.0, H], atol=1e-9)  # every position
     if noise:
         assert task.floor_bits[3] == pytest.approx(noise_floor(noise, 120))
 
@@ -214,3 +240,22 @@ def test_addition_coupled_ids_align_equal_significance(reverse):
         assert ids[predicting].tolist() == [i + 1]
     assert ids[names.index("c4")] == 5  # the carry out has its own id
     assert ids[names.index("e")] == holds["+"] == 0  # predicting the end, reading '+': no significance
+
+
+@pytest.mark.parametrize("task", [
+    Addition(3, n_heldout=200), Addition(2, True, True, "answer", n_heldout=100, label_noise=0.1),
+    Modular("x/y", 11, 0.3, "all"), Modular("x+y", 7, 0.5, label_noise=0.2), Permutation("x*y*x", 0.3),
+], ids=lambda t: type(t).__name__)
+def test_what_the_receiver_knows_is_what_the_stream_holds(task):
+    """`layout` gives every known token of each scheduled example, the first token (never predicted) is
+    known, known positions cost nothing, sent ones at most their uniform code, and `sent_ids` are the
+    ids the schedule marks new, in order."""
+    assert task.known[0] and task.sent.any()
+    assert (task.floor_bits[~task.sent] == 0).all()
+    assert (task.floor_bits[task.sent] <= task.uniform_bits[task.sent] + 1e-12).all()
+    new_ids = []
+    for step in range(5):
+        batch = task.train_batch(step, 16)
+        np.testing.assert_array_equal(task.layout(batch.ids)[:, task.known], batch.x[:, task.known])
+        new_ids.append(batch.ids[batch.new])
+    np.testing.assert_array_equal(task.sent_ids(5, 16), np.concatenate(new_ids))

@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_addition, tiny_modular
 
 from lab.__main__ import main
+from lab.bits import NonFiniteError
 from lab.config import ConfigError
 from lab.loggers import read_metrics
 from lab.train import train
@@ -111,3 +112,41 @@ def test_unnamed_runs_get_their_own_directories(tmp_path):
     first, second = train(cfg, "tiny"), train(cfg, "tiny")
     assert first.run_dir != second.run_dir
     assert first.run_dir.name.startswith("tiny-") and second.run_dir.parent == tmp_path
+
+
+class Poison(L.Callback):
+    """Turns the weights to NaN after step `step`: the next step's loss and bits are not finite."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_bits_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_addition(tmp_path, "train.checkpoint_every=5")
+    with pytest.raises(NonFiniteError, match="^step 8: bits/total"):
+        train(cfg, extra_callbacks=[Poison(7)])
+    ckpts = tmp_path / "t" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step-00000005.ckpt"]
+    state = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 5 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    rows = read_metrics(tmp_path / "t" / "metrics.jsonl")
+    assert all(r["bits/total"] is not None for r in rows if "bits/total" in r)  # no stale or null total
+    assert max(r["step"] for r in rows if "bits/total" in r) == 5
+    # the run resumes from its last good checkpoint and ends as one that never failed
+    resumed = train(tiny_addition(tmp_path, "train.checkpoint_every=5", f"train.resume={tmp_path}/t"))
+    assert torch.equal(resumed.bits.acc, train(tiny_addition(tmp_path / "clean")).bits.acc)
+
+
+def test_cli_stops_on_a_non_finite_loss_with_an_error(tmp_path, capsys, root):
+    code = main(["train", f"{root}/configs/addition.yaml", "task.n_digits=2", "model.preset=gpt-nano",
+                 "train.batch_size=16", "train.max_steps=20", "train.lr=1e30", "train.warmup_steps=0",
+                 f"log.dir={tmp_path}", "log.name=nan", "log.wandb=false", "log.progress_bar=false"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("training error: step ") and "bits/total is not finite" in err
+    assert not (tmp_path / "nan" / "summary.json").exists()  # no report of a run that failed

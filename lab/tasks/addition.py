@@ -11,6 +11,10 @@ Token layout (n_digits = 8, answer most significant digit first):
 With `reverse_answer` the sum is written least significant digit first (c0..c8), which lets a causal
 model produce each digit after the carry it depends on.
 
+What is sent (`lab.bits`): `s + = e` are known from the layout and cost nothing; the 2n operand digits
+and the n+1 sum digits are sent, the operands by the model (`loss_on=all`) or by their exact law
+(`loss_on=answer`, `law_probs`).
+
 Aleatoric floor, in bits per predicted position (operands uniform on [10^(n-1), 10^n - 1]):
 a7 and b7 cost log2 9 (no leading zero), the other 14 operand digits log2 10 each, everything from
 `+` on is determined by what came before (floor 0). For n = 8 that is 2 (log2 9 + 7 log2 10) = 52.85
@@ -21,11 +25,16 @@ of its length, drawn uniformly (fixed per example: once per stream position, onc
 set). The answer then carries H(eps) + eps log2(10^(n+1) - 1) bits, split over its digits exactly as
 `noisy_answer_floor` derives.
 
-The stream never yields a held-out pair: colliding rows are redrawn. This conditions the operand law on
-"not held out", which moves the floor by about n_heldout / 10^(2n) of a bit (1e-13 for n = 8).
+The stream never yields a held-out pair: colliding rows are redrawn, so the operands are uniform over
+the pairs that are *not* held out (`OperandLaw`). The floors above are for that law, exactly: for
+n = 8 it moves them by about 1e-13 bit, for n = 2 with 2,000 of 8,100 pairs held out the operands carry
+log2 6100 = 12.575 bits, not 12.984.
 """
 
 from __future__ import annotations
+
+import math
+from collections import Counter
 
 import numpy as np
 
@@ -33,6 +42,66 @@ from lab.tasks.base import Batch, Task, log2, rng_for
 
 DIGITS = [str(i) for i in range(10)]
 S, E, PLUS, EQ = 10, 11, 12, 13
+
+
+class OperandLaw:
+    """The stream's law of the 2n operand digits a_{n-1}..a_0 b_{n-1}..b_0: uniform over the digit
+    strings that are allowed (no leading zero unless `leading_zeros`) and not held out.
+
+    With R_k the number of allowed completions of a k-digit prefix (a product of 9s and 10s) and c(p)
+    the number of held-out strings below prefix p, a prefix p has R_k - c(p) allowed completions, and
+    P(digit d | p) = (R_{k+1} - c(p d)) / (R_k - c(p)). Prefixes with no held-out string below them
+    (all but at most n_heldout per depth) are exactly uniform over the allowed digits; the others are
+    tabulated once. (Counts in float64: exact up to n = 8, and beyond it the deviation from uniform is
+    below float64's resolution anyway.)"""
+
+    def __init__(self, n: int, leading_zeros: bool, heldout: np.ndarray):
+        self.n = n
+        lead = np.ones(10, dtype=bool)
+        lead[0] = leading_zeros
+        self.allowed = np.stack([lead if k % n == 0 else np.ones(10, dtype=bool) for k in range(2 * n)])  # (2n, 10)
+        m = self.allowed.sum(1)
+        self.R = [float(math.prod(m[k:].tolist())) for k in range(2 * n + 1)]  # R[2n] = 1
+        self.total = self.R[0] - len(heldout)
+        self.uniform = self.allowed / m[:, None]  # (2n, 10)
+        digits = np.concatenate([_digits(heldout[:, 0], n), _digits(heldout[:, 1], n)], axis=1).astype(np.uint8)
+        below = [Counter(r[:k].tobytes() for r in digits) for k in range(2 * n + 1)]  # c(p) per depth
+        self.index: list[dict[bytes, int]] = []  # depth k: prefix -> row of table[k]
+        self.table: list[np.ndarray] = []  # depth k: (D_k, 10) law of digit k after each tabulated prefix
+        self.weight: list[np.ndarray] = []  # depth k: (D_k,) probability of each tabulated prefix
+        for k in range(2 * n):
+            index = {p: i for i, p in enumerate(below[k])}
+            c = np.zeros((len(index), 10))  # (D_k, 10) held-out strings below each child
+            for child, count in below[k + 1].items():
+                c[index[child[:-1]], child[-1]] = count
+            left = (self.R[k + 1] - c) * self.allowed[k]  # (D_k, 10) allowed completions of each child
+            total = left.sum(1, keepdims=True)
+            self.index.append(index)
+            self.table.append(np.divide(left, total, out=np.zeros_like(left), where=total > 0))
+            self.weight.append(total[:, 0] / self.total)
+
+    def probs(self, prefix: bytes) -> np.ndarray:
+        """The first k = len(prefix) digits -> (10,) float64 law of digit k."""
+        k = len(prefix)
+        i = self.index[k].get(prefix)
+        return self.uniform[k] if i is None else self.table[k][i]
+
+    def entropies(self) -> np.ndarray:
+        """(2n,) exact H(digit k | digits < k) in bits: the untabulated (uniform) prefixes give log2 m_k,
+        the tabulated ones are summed one by one with their probability."""
+        out = np.zeros(2 * self.n)
+        for k in range(2 * self.n):
+            p = self.table[k]
+            h = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(1)  # (D_k,)
+            w = self.weight[k]
+            out[k] = float(w @ h) + (1.0 - float(w.sum())) * math.log2(self.allowed[k].sum())
+        return out
+
+
+def _digits(v: np.ndarray, width: int) -> np.ndarray:
+    """(B,) ints -> (B, width) digits, most significant first."""
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)  # (width,)
+    return (np.asarray(v, dtype=np.int64)[:, None] // powers) % 10
 
 
 class Addition(Task):
@@ -66,23 +135,29 @@ class Addition(Task):
             + [f"b{i}" for i in range(n - 1, -1, -1)] + ["="] + c_names + ["e"]
         )
 
-        first = log2(10) if leading_zeros else log2(9)
-        operand = np.array([first] + [log2(10)] * (n - 1))
-        zeros = np.zeros(1)
-        answer = np.append(noisy_answer_floor(label_noise, n + 1), 0.0)  # c digits, then e
-        self.floor_bits = np.concatenate([operand, zeros, operand, zeros, answer])
-        carry = np.array([1.0] + [log2(10)] * n)  # c_n is a carry: 0 or 1
-        if reverse_answer:
-            carry = carry[::-1]
-        self.uniform_bits = np.concatenate([operand, zeros, operand, zeros, carry, zeros])
-        self.coupled_ids = self._coupled_ids()
-
+        self.known = np.zeros(self.seq_len, dtype=bool)
+        self.known[[0, n + 1, 2 * n + 2, self.seq_len - 1]] = True  # s + = e
+        self.digit_cols = np.r_[1 : n + 1, n + 2 : 2 * n + 2]  # token columns of a_{n-1}..a_0 b_{n-1}..b_0
         self.loss_mask = np.ones(self.seq_len - 1, dtype=bool)
         if loss_on == "answer":
             self.loss_mask[: self.answer_start - 1] = False
 
         self.heldout_pairs = self._draw_heldout(n_heldout)
         self._heldout_set = set(map(tuple, self.heldout_pairs.tolist()))
+        self.law = OperandLaw(n, leading_zeros, self.heldout_pairs)
+
+        first = log2(10) if leading_zeros else log2(9)
+        operand = np.array([first] + [log2(10)] * (n - 1))
+        zeros = np.zeros(1)
+        answer = np.append(noisy_answer_floor(label_noise, n + 1), 0.0)  # c digits, then e
+        self.floor_bits = np.concatenate([operand, zeros, operand, zeros, answer])
+        self.floor_bits[self.digit_cols - 1] = self.law.entropies()  # exact, held-out pairs excluded
+        carry = np.array([1.0] + [log2(10)] * n)  # c_n is a carry: 0 or 1
+        if reverse_answer:
+            carry = carry[::-1]
+        self.uniform_bits = np.concatenate([operand, zeros, operand, zeros, carry, zeros])
+        self.coupled_ids = self._coupled_ids()
+
         self._heldout_clean = self.encode(self.heldout_pairs[:, 0], self.heldout_pairs[:, 1])
         self._heldout = self._add_noise(self._heldout_clean.copy(), rng_for(seed, 6))
 
@@ -104,10 +179,7 @@ class Addition(Task):
         return np.concatenate([[0], operand, [0], operand, answer, [0]]).astype(np.int64)
 
     # -- encoding -------------------------------------------------------------------------------------
-    def _digits(self, v: np.ndarray, width: int) -> np.ndarray:
-        """(B,) ints -> (B, width) digits, most significant first."""
-        powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)  # (width,)
-        return (v[:, None] // powers) % 10
+    _digits = staticmethod(_digits)
 
     def encode(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(B,) operands -> (B, T) token rows."""
@@ -144,9 +216,18 @@ class Addition(Task):
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         return step * batch_size + np.arange(batch_size, dtype=np.int64), np.ones(batch_size, dtype=bool)
 
-    @property
-    def first_tokens(self) -> np.ndarray:
-        return np.array([S])
+    def layout(self, ids: np.ndarray) -> np.ndarray:
+        row = np.zeros(self.seq_len, dtype=np.int64)
+        row[self.known] = [S, PLUS, EQ, E]
+        return np.repeat(row[None], len(ids), axis=0)  # (B, T)
+
+    def law_probs(self, x: np.ndarray, t: int) -> np.ndarray:
+        """The operand digit at target t given the digits before it, under `OperandLaw`."""
+        k = int(np.flatnonzero(self.digit_cols == t + 1)[0])  # which of the 2n operand digits
+        prefixes = x[:, self.digit_cols[:k]].astype(np.uint8)  # (B, k)
+        out = np.zeros((len(x), self.vocab_size))
+        out[:, :10] = [self.law.probs(r.tobytes()) for r in prefixes]
+        return out  # (B, V)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = rng_for(self.seed, 1, step)

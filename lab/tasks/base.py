@@ -4,6 +4,12 @@ A task is a distribution over fixed-length token sequences whose law is known ex
 rows of `T` tokens; the model reads tokens 0..T-2 and predicts targets 1..T-1, so every per-position
 array here has length `T - 1` and index `t` refers to the *target* token `x[t + 1]`.
 
+The transmitted stream (`lab.bits` states it once for the whole lab): the receiver knows the shared
+algorithm (this class, the config, the seed's schedule of example ids), so the tokens in `known` cost
+nothing (the layout's `s + = e`, and for a table task the question x op y of the scheduled row). Every
+other target is sent: by the model when it is trained on (`loss_mask`), else by the task's exact law
+(`law_probs`), at exactly its floor.
+
 Every training batch is a pure function of `(seed, step)`: a resumed run sees exactly the batches an
 uninterrupted one would, and all ranks of a multi-process run build the same global batch and each
 take a slice of it.
@@ -52,9 +58,12 @@ class Task:
     seq_len:       T, tokens per example
     answer_start:  index of the first answer token; greedy generation starts here
     target_names:  (T-1,) a short name per predicted position, e.g. "a7", "+", "c8"
-    loss_mask:     (T-1,) bool, positions that are trained on and coded
-    floor_bits:    (T-1,) float64, exact entropy H(x_t | x_<t) in bits under the sampling law
-    uniform_bits:  (T-1,) float64, log2 of the number of values the position can take
+    loss_mask:     (T-1,) bool, positions that are trained on (and coded by the model, unless known)
+    known:         (T,) bool, tokens the receiver knows from the layout and the schedule (`layout`);
+                   the first token must be one of them (it is never predicted)
+    floor_bits:    (T-1,) float64, exact entropy H(x_t | x_<t, what is known) in bits under the
+                   stream's law (0 at known positions)
+    uniform_bits:  (T-1,) float64, log2 of the number of values a sent position can take (0 if known)
     finite:        True if the task is a fixed table revisited for many epochs
     coupled_ids:   (T-1,) int64 or None, a position id per *input* position t (the model reads x[t]
                    and predicts x[t+1]) that is shared by positions handling digits of equal
@@ -66,6 +75,7 @@ class Task:
     answer_start: int
     target_names: list[str]
     loss_mask: np.ndarray
+    known: np.ndarray
     floor_bits: np.ndarray
     uniform_bits: np.ndarray
     finite: bool = False
@@ -87,9 +97,24 @@ class Task:
         return np.arange(self.answer_start - 1, self.seq_len - 1)
 
     @property
+    def sent(self) -> np.ndarray:
+        """(T-1,) bool: targets the stream transmits (every target the receiver does not know)."""
+        return ~self.known[1:]
+
+    @property
+    def model_coded(self) -> np.ndarray:
+        """(T-1,) bool: sent targets coded by the model being trained (trained on, not known)."""
+        return self.sent & self.loss_mask
+
+    @property
+    def law_coded(self) -> np.ndarray:
+        """(T-1,) bool: sent targets the model is not trained on, coded by the task's exact law."""
+        return self.sent & ~self.loss_mask
+
+    @property
     def floor_bits_per_example(self) -> float:
-        """The aleatoric floor of one example over the coded (masked) positions."""
-        return float(self.floor_bits[self.loss_mask].sum())
+        """The aleatoric floor of one example: the entropy of everything the stream sends for it."""
+        return float(self.floor_bits[self.sent].sum())
 
     @property
     def char_len(self) -> np.ndarray:
@@ -117,10 +142,32 @@ class Task:
     def train_batch(self, step: int, batch_size: int) -> Batch:
         raise NotImplementedError
 
-    @property
-    def first_tokens(self) -> np.ndarray:
-        """The values the first (never predicted) token can take: a coder sends it uniformly."""
+    def layout(self, ids: np.ndarray) -> np.ndarray:
+        """(B,) example ids -> (B, T) int64 rows holding the known tokens (0 elsewhere): what a receiver
+        knows of each example before decoding it."""
         raise NotImplementedError
+
+    def law_probs(self, x: np.ndarray, t: int) -> np.ndarray:
+        """(B, T) rows and a law-coded target t -> (B, V) float64: the exact law of x[:, t+1] given
+        x[:, :t+1] under the stream's sampling law. Needed only where `law_coded` has positions."""
+        raise NotImplementedError(f"{type(self).__name__} has no law for target {self.target_names[t]}")
+
+    def law_bits(self, x: np.ndarray) -> np.ndarray:
+        """(B, T) rows -> (B, T-1) float64: -log2 of each law-coded target under the law (0 elsewhere)."""
+        out = np.zeros((len(x), self.seq_len - 1))
+        for t in np.flatnonzero(self.law_coded):
+            p = self.law_probs(x, t)  # (B, V)
+            out[:, t] = -np.log2(p[np.arange(len(x)), x[:, t + 1]])
+        return out
+
+    def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
+        """Ids of the examples transmitted (first seen) in batches 0..steps-1: a pure function of the
+        schedule, so every process of a run (and a resumed run) knows it without bookkeeping."""
+        parts = []
+        for step in range(steps):
+            ids, new = self.schedule(step, batch_size)
+            parts.append(ids[new])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         """Named evaluation sets, each (N, T) int64: always "val" (held-out), "train" for finite tasks."""

@@ -6,8 +6,10 @@ Token layout (op "x+y", p = 97): one token per residue, then the operation and `
     5 + 3 = 8    ->  [5, 97, 3, 98, 8]
     targets:         o   y   =   z       (x is context: it is never predicted)
 
-By default only z is trained on and coded (floor 0 without label noise). With `loss_on=all` the
-model also predicts y, whose floor is log2 |Y| (|Y| = p, or p - 1 for division, y != 0).
+What is sent (`lab.bits`): the schedule names the table row of each example, and the table's layout
+(which (x, y) pairs exist) is part of the shared algorithm, so the question `x op y =` is known to the
+receiver; only the answer z is sent (floor 0 without label noise). By default only z is trained on;
+with `loss_on=all` the model also learns to predict o, y and =, which are still not sent.
 
 `label_noise` eps replaces the answer, once per example (a fixed table), by a wrong residue drawn
 uniformly; the answer's floor becomes H(eps) + eps log2(p - 1) bits.
@@ -67,11 +69,11 @@ class Finite(Task):
 
     finite = True
 
-    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray, n_y: int,
+    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray,
                train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
         """The layout `x op y = z` over K = len(names) element tokens (token i is element i), then the
-        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values), y one
-        of n_y values. Sets vocabulary, layout, table, split, label noise, floors and loss mask."""
+        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values). Sets
+        vocabulary, layout, table, split, label noise, floors and loss mask."""
         K = len(names)
         self.vocab = names + [symbol, "="]
         self.seq_len, self.answer_start = 5, 4
@@ -81,8 +83,9 @@ class Finite(Task):
         self.answer_tokens, self.answer_index = np.arange(K), z
         self._split(table, train_fraction, seed)
         self._add_label_noise(label_noise, K, seed)
-        self.floor_bits = np.array([0.0, log2(n_y), 0.0, noise_floor(label_noise, K)])
-        self.uniform_bits = np.array([0.0, log2(n_y), 0.0, log2(K)])
+        self.known = np.array([True, True, True, True, False])  # the question x op y = is the row's layout
+        self.floor_bits = np.array([0.0, 0.0, 0.0, noise_floor(label_noise, K)])  # H(z | x, y)
+        self.uniform_bits = np.array([0.0, 0.0, 0.0, log2(K)])
         self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
 
     def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
@@ -116,9 +119,13 @@ class Finite(Task):
         ids, new = self.schedule(step, batch_size)
         return Batch(self.table[ids], ids, new)
 
-    @property
-    def first_tokens(self) -> np.ndarray:
-        return self.answer_tokens  # x ranges over the same values as the answer
+    def layout(self, ids: np.ndarray) -> np.ndarray:
+        return np.where(self.known, self.table[ids], 0)  # (B, T) the question, answer unknown
+
+    def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
+        """Epoch 0 sends the train split in its seeded order; later epochs send nothing new."""
+        order = rng_for(self.seed, 4, 0).permutation(len(self.train_idx))
+        return self.train_idx[order[: min(steps * batch_size, len(order))]].astype(np.int64)
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
@@ -147,7 +154,7 @@ class Modular(Finite):
         ys = np.arange(1 if nonzero_y else 0, p)
         x, y = (g.ravel() for g in np.meshgrid(np.arange(p), ys, indexing="ij"))  # (N,), (N,)
         z = fn(x, y, p, _inverses(p))  # residue r is token r
-        self._build([str(i) for i in range(p)], symbol, x, y, z, len(ys), train_fraction, loss_on, label_noise, seed)
+        self._build([str(i) for i in range(p)], symbol, x, y, z, train_fraction, loss_on, label_noise, seed)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (int(t) for t in row)

@@ -49,7 +49,7 @@ class Permutation(Finite):
         zp = OPS[op](PERMS[x], PERMS[y])  # (N, 5)
         z = np.array([INDEX[tuple(p)] for p in zp.tolist()])
         names = ["".join(map(str, p)) for p in PERMS.tolist()]
-        self._build(names, "*", x, y, z, n, train_fraction, loss_on, label_noise, seed)
+        self._build(names, "*", x, y, z, train_fraction, loss_on, label_noise, seed)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (self.vocab[int(t)] for t in row)
