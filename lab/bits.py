@@ -44,6 +44,7 @@ length stops the run (`NonFiniteError`) before it reaches a log row or a checkpo
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -51,7 +52,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lab.loggers import log_metrics
+from lab.loggers import log_metrics, write_atomic
 
 LN2 = math.log(2.0)
 
@@ -219,11 +220,11 @@ class Bits(L.Callback):
             return
         first, revisit = self.acc.cpu().numpy()
         n = first[self.M + 1]
-        with open(Path(self.run_dir) / "positions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["position", "sent_by", "floor_bits", "total_bits", "excess_bits", "bits_per_example",
-                        "revisit_bits"])
-            for i, name in enumerate(self.names):
-                w.writerow([name, "model" if self.by_model[i] else "law", f"{self.floor[i]:.6f}", f"{first[i]:.3f}",
-                            f"{first[i] - n * self.floor[i]:.3f}", f"{first[i] / n if n else 0:.6f}",
-                            f"{revisit[i]:.3f}"])
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow(["position", "sent_by", "floor_bits", "total_bits", "excess_bits", "bits_per_example",
+                    "revisit_bits"])
+        for i, name in enumerate(self.names):
+            w.writerow([name, "model" if self.by_model[i] else "law", f"{self.floor[i]:.6f}", f"{first[i]:.3f}",
+                        f"{first[i] - n * self.floor[i]:.3f}", f"{first[i] / n if n else 0:.6f}", f"{revisit[i]:.3f}"])
+        write_atomic(Path(self.run_dir) / "positions.csv", f.getvalue())

@@ -2,8 +2,11 @@
 
 Checkpoints are written atomically (temporary file, then rename) at step boundaries only, so a
 checkpoint always holds a consistent state: model, optimizer, schedule, loop counters, RNG, and every
-callback's counters (bits included). The first Ctrl-C asks for a stop: the current step finishes,
-`last.ckpt` is written and training ends cleanly; a second Ctrl-C interrupts at once.
+callback's counters (bits included). A checkpoint at a step that also evaluates is written after the
+evaluation (a resumed run does not evaluate that step again), and the loggers are synced to disk
+before the rename: whatever a checkpoint covers, the metrics file holds. The first Ctrl-C asks for a
+stop: the current step finishes, `last.ckpt` is written and training ends cleanly; a second Ctrl-C
+interrupts at once.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class Checkpoints(L.Callback):
-    """`guard(pl_module)` runs before every save and raises if the state is not fit to keep (non-finite)."""
+    """`guard(pl_module)` runs before every save and raises if the state is not fit to keep (non-finite);
+    `eval_every` is the trainer's evaluation interval (Lightning also evaluates at a requested stop)."""
 
-    def __init__(self, dirpath: Path, every: int, keep: int, guard=None):
-        self.dir, self.every, self.keep, self.guard = Path(dirpath), every, keep, guard
+    def __init__(self, dirpath: Path, every: int, keep: int, eval_every: int, guard=None):
+        self.dir, self.every, self.keep, self.eval_every, self.guard = Path(dirpath), every, keep, eval_every, guard
         self.stop_requested = False
         self._saved_step = -1
+        self._pending: tuple[int, bool] | None = None  # (step, periodic): waits for that step's evaluation
         self._old_handler = None
 
     # -- Ctrl-C ---------------------------------------------------------------------------------------
@@ -49,6 +54,9 @@ class Checkpoints(L.Callback):
         tmp = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
+            for logger in trainer.loggers:  # the rows this checkpoint covers are on disk first
+                if hasattr(logger, "sync"):
+                    logger.sync()
             os.replace(tmp, path)
         return path
 
@@ -57,21 +65,39 @@ class Checkpoints(L.Callback):
             self.save(trainer, "last.ckpt")
             self._saved_step = trainer.global_step
 
+    def _save_now(self, trainer, periodic: bool) -> None:
+        if periodic:
+            self.save(trainer, f"step-{trainer.global_step:08d}.ckpt")
+            self._prune(trainer)
+        self._save_last(trainer)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stop = self.stop_requested
         if trainer.world_size > 1:  # all ranks must stop at the same step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        step = trainer.global_step
-        if step % self.every == 0:
-            self.save(trainer, f"step-{step:08d}.ckpt")
-            self._prune(trainer)
-        if step % self.every == 0 or stop:
-            self._save_last(trainer)
         if stop:
             trainer.should_stop = True
             self.stop_requested = True
+        step = trainer.global_step
+        if self._pending is not None:  # the evaluation it waited for did not come: save now
+            self._pending = None
+            self._save_now(trainer, periodic=True)
+        periodic = step % self.every == 0
+        if not (periodic or stop):
+            return
+        if step % self.eval_every == 0 or trainer.should_stop:  # Lightning evaluates after this hook
+            self._pending = (step, periodic)
+        else:
+            self._save_now(trainer, periodic)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._pending is not None and self._pending[0] == trainer.global_step and not trainer.sanity_checking:
+            periodic = self._pending[1]
+            self._pending = None
+            self._save_now(trainer, periodic)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._pending = None
         self._save_last(trainer)
 
     def _prune(self, trainer) -> None:

@@ -2,8 +2,13 @@
 
 `metrics.jsonl` holds one JSON object per log step: everything logged at that step (train, bits, val,
 dl), with `step` (optimizer steps completed; Lightning and wandb count from 0, one less) and
-`examples_seen`. Read it with `pandas.read_json(path, lines=True)` or
-`lab.loggers.read_metrics`.
+`examples_seen`. Read it with `pandas.read_json(path, lines=True)` or `lab.loggers.read_metrics`.
+
+Crash safety: every call to the logger is appended to the file at once (nothing waits in memory), and
+`sync()` fsyncs it; the checkpoint callback syncs before it renames a checkpoint into place, so the
+rows a checkpoint covers are on disk whenever the checkpoint is. While a run is going, one step may
+span several lines; `read_metrics` merges them, and the file is rewritten with one line per step when
+the run ends or resumes (keeping the rows up to the checkpoint it resumes from).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from datetime import datetime
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger
@@ -27,20 +33,42 @@ def log_metrics(trainer, metrics: dict) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics file, one per step (lines of the same step merged, in order)."""
+    rows: list[dict] = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash: nothing after it was written
+                break
+            if rows and rows[-1]["step"] == r["step"]:
+                rows[-1].update(r)
+            else:
+                rows.append(r)
+    return rows
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary file, fsynced, renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class JsonlLogger(Logger):
-    """Merges everything logged at one step into one row; rows after `keep_until` are dropped (resume)."""
+    """Appends what is logged at each call; rows after `keep_until` are dropped (resume)."""
 
     def __init__(self, path: str | Path, keep_until: int | None = None):
         super().__init__()
         self.path = Path(path)
-        self._row: dict = {}
+        self._file = None
         if keep_until is not None and self.path.exists() and rank_zero_only.rank == 0:
-            rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            self._compact(keep_until)
 
     @property
     def name(self) -> str:
@@ -56,25 +84,35 @@ class JsonlLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        step = step + 1  # Lightning logs the index of the batch just trained on
-        if self._row and self._row["step"] != step:
-            self._flush()
-        self._row.setdefault("step", step)
+        row = {"step": step + 1}  # Lightning logs the index of the batch just trained on
         for k, v in metrics.items():
             if k == "epoch":  # always 0: the training stream is one endless epoch
                 continue
             v = float(v)
-            self._row[k] = v if math.isfinite(v) else None
+            row[k] = v if math.isfinite(v) else None
+        if self._file is None:
+            self._file = open(self.path, "a")
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()  # in the operating system's hands: survives the process being killed
 
-    def _flush(self) -> None:
-        if self._row:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(self._row) + "\n")
-            self._row = {}
+    @rank_zero_only
+    def sync(self) -> None:
+        """Everything logged so far is on disk (fsync): called before a checkpoint is renamed into place."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
+    def _compact(self, keep_until: float = math.inf) -> None:
+        """Rewrite the file with one line per step, keeping the steps <= keep_until."""
+        rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self._flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path.exists():
+            self._compact()
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")
@@ -96,8 +134,16 @@ def wandb_mode() -> str:
     return "offline"
 
 
-def make_wandb_logger(run_dir: Path, run_name: str, cfg_dict: dict, project: str, group: str | None):
-    """A WandbLogger writing under the run directory, x-axis `examples_seen`; None when disabled."""
+def make_wandb_logger(run_dir: Path, run_name: str, cfg_dict: dict, project: str, group: str | None,
+                      resumed_from: int | None = None):
+    """A WandbLogger writing under the run directory, x-axis `examples_seen`; None when disabled.
+
+    Every run is in a wandb group (`log.group`, else the run's name). A resumed run (from the checkpoint
+    of step `resumed_from`) is a *new* wandb run in that group, `<name>-from-<step>-<time>`, with
+    `resumed_from` in its config: wandb cannot rewind a run's history (its rewind is a private preview,
+    and offline runs have none), and appending to the first run would show the steps between the
+    checkpoint and the crash twice. The first run ends where the crash was; its points after the
+    checkpoint's step are superseded by the new run's, as in metrics.jsonl."""
     mode = wandb_mode()
     if mode == "disabled":
         return None
@@ -105,9 +151,13 @@ def make_wandb_logger(run_dir: Path, run_name: str, cfg_dict: dict, project: str
 
     os.environ.setdefault("WANDB_SILENT", "true")
     agent = "WANDB_SWEEP_ID" in os.environ or "WANDB_RUN_ID" in os.environ  # a wandb agent names the run
+    run_id, name = run_name.replace("/", "-"), run_name
+    if resumed_from is not None:
+        run_id = name = f"{run_id}-from-{resumed_from}-{datetime.now():%H%M%S}"
+        cfg_dict = {**cfg_dict, "resumed_from": {"run": run_name, "step": resumed_from}}
     logger = WandbLogger(
-        project=project, name=None if agent else run_name, id=None if agent else run_name.replace("/", "-"),
-        resume="allow", group=group, save_dir=str(run_dir), mode=mode, config=cfg_dict,
+        project=project, name=None if agent else name, id=None if agent else run_id,
+        resume="allow", group=group or run_name, save_dir=str(run_dir), mode=mode, config=cfg_dict,
     )
     exp = logger.experiment  # starts the (offline) run now, not in the middle of the first step
     if hasattr(exp, "define_metric"):

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from lab.bits import Bits
 from lab.callbacks import Checkpoints, ProgressBar, Report
 from lab.config import Config, ConfigError, diff, load, to_dict, to_yaml
 from lab.data import LabData
-from lab.loggers import JsonlLogger, make_wandb_logger
+from lab.loggers import JsonlLogger, make_wandb_logger, write_atomic
 from lab.module import LabModule
 from lab.plots import grokking_figure
 from lab.probes import GrokkingProbes
@@ -68,6 +70,53 @@ def resume_config(resume: str, overrides: list[str]) -> Config:
     return load(run_dir / "config.yaml", overrides)
 
 
+class RunLock:
+    """One writer per run directory: an exclusive lock on `<run>/lock`, held while the run is live.
+    The operating system drops it when the holder exits or is killed, so a stale file never blocks a
+    resume; the file names the holder (pid, host, start time) for the error message."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "lock"
+        self.file = None
+
+    def check(self, key: str) -> None:
+        """Raise ConfigError naming `key`, the directory and the holder if a live process holds the lock."""
+        if self.path.exists():
+            with open(self.path) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = f.read().strip() or "another process"
+                    raise ConfigError(f"{key}: {self.path.parent} is being written by {holder}; "
+                                      f"one writer per run directory (stop that run first)") from None
+
+    def acquire(self, key: str) -> None:
+        """Take the lock, or raise ConfigError as `check` does."""
+        if self.path.exists():  # a run directory already: probe without creating anything
+            self.check(key)
+            f = open(self.path, "r+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # taken in between
+                f.close()
+                self.check(key)
+                raise
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "w")
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the lock
+            self.file = None
+
+
 def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int | None]:
     """(run directory, checkpoint to resume from, its step). Rank 0 creates; other ranks reuse."""
     if cfg.train.resume:
@@ -83,6 +132,7 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
         name = cfg.log.name or os.environ["LAB_RUN_NAME"]
     elif cfg.log.name:
         name = cfg.log.name
+        RunLock(Path(cfg.log.dir) / name).check("log.name")  # a live run first: that is the news
         if (Path(cfg.log.dir) / name / "checkpoints" / "last.ckpt").exists():
             raise ConfigError(f"log.name: {Path(cfg.log.dir) / name} already holds a run; resume it with "
                               f"train.resume={Path(cfg.log.dir) / name}")
@@ -99,9 +149,20 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
 def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:
     run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    lock = RunLock(run_dir)
+    if rank0:  # (DDP workers are launched by rank 0 and write nothing of their own)
+        lock.acquire("train.resume" if ckpt else "log.name")
+    try:
+        return _train(cfg, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None, rank0: bool,
+           extra_callbacks: list | None) -> RunResult:
     if rank0:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_atomic(run_dir / "config.yaml", to_yaml(cfg))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
@@ -112,7 +173,7 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
 
     bits = Bits(task, cfg.log.every, run_dir, data.batch_size)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
-                              guard=lambda m: bits.check(m, weights=True))
+                              cfg.train.eval_every, guard=lambda m: bits.check(m, weights=True))
     probes = GrokkingProbes(task)
     callbacks = [bits, probes, Report(), checkpoints]
     if cfg.log.progress_bar:
@@ -120,7 +181,7 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
     callbacks += extra_callbacks or []
     loggers = [JsonlLogger(run_dir / "metrics.jsonl", keep_until=ckpt_step)]
     if cfg.log.wandb:
-        wb = make_wandb_logger(run_dir, run_dir.name, to_dict(cfg), cfg.log.project, cfg.log.group)
+        wb = make_wandb_logger(run_dir, run_dir.name, to_dict(cfg), cfg.log.project, cfg.log.group, ckpt_step)
         if wb is not None:
             loggers.append(wb)
 
@@ -150,7 +211,12 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
               f" | floor {task.floor_bits_per_example:.2f} bits/example"
               + (f" | resuming from step {ckpt_step}" if ckpt else ""), flush=True)
     t0 = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    finally:  # the wandb run ends with the run (a later run in this process must not reuse it)
+        for logger in trainer.loggers:
+            if logger.name != "jsonl" and getattr(logger, "_experiment", None) is not None:
+                logger.experiment.finish()
     summary = {
         "run_dir": str(run_dir),
         "steps": trainer.global_step,
@@ -165,5 +231,5 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
     if trainer.is_global_zero:
         if task.finite:
             summary["marks"] = grokking_figure(run_dir)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return RunResult(run_dir, module, trainer, bits, summary)

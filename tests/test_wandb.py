@@ -27,3 +27,15 @@ def test_offline_wandb_run_is_written_in_the_run_directory(monkeypatch, tmp_path
     result = train(tiny_modular(tmp_path, "log.wandb=true", "train.max_steps=10"))
     runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_a_resumed_run_is_a_new_wandb_run_in_the_same_group(monkeypatch, tmp_path):
+    """wandb cannot rewind an offline run: the resumed stretch goes to a new run `<name>-from-<step>-...`
+    in the run's group, so no step is logged twice to one wandb run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first = train(tiny_modular(tmp_path, "log.wandb=true", "train.max_steps=10"))
+    resumed = train(tiny_modular(tmp_path, "log.wandb=true", "train.max_steps=20", f"train.resume={first.run_dir}"))
+    ids = sorted(p.name.split("-", 3)[-1] for p in (first.run_dir / "wandb").glob("offline-run-*"))
+    assert len(ids) == 2 and ids[0] == "t" and ids[1].startswith("t-from-10-")
+    exp = [lg for lg in resumed.trainer.loggers if lg.name != "jsonl"][0].experiment
+    assert exp.group == "t" and exp.config["resumed_from"] == {"run": "t", "step": 10}
