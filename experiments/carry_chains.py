@@ -24,20 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lab.config import load  # noqa: E402
 from lab.module import LabModule  # noqa: E402
 from lab.tasks import make_task  # noqa: E402
-
-
-def longest_chain(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """(B,) operands of n digits -> (B,) the longest run of positions a carry passes through."""
-    carry = np.zeros(len(a), dtype=bool)
-    run = np.zeros(len(a), dtype=np.int64)
-    best = np.zeros(len(a), dtype=np.int64)
-    for i in range(n):  # least significant first
-        s = (a // 10**i) % 10 + (b // 10**i) % 10  # (B,) pair sums
-        passes = carry & (s == 9)
-        run = np.where(passes, run + 1, 0)
-        best = np.maximum(best, run)
-        carry = (s >= 10) | passes
-    return best
+from lab.tasks.addition import longest_chain  # noqa: E402
 
 
 def main() -> None:

@@ -21,6 +21,12 @@ floors, the compressor comparison and the reports):
     bits/floor       the floor of the same tokens: n_examples * the entropy of one example's sent tokens
     bits/epistemic   total - floor: what the model paid to learn the rule
     bits/pos/<name>, bits/excess/<name>: the same per sent position
+    bits/certified_exact  (windowed) the share of new examples whose answer cost under 1 bit: each of
+                     its tokens had probability > 1/2, so greedy decoding from the prompt produces that
+                     answer exactly. A lower bound on the model's exact match on fresh examples from the
+                     stream, read off the code itself, with no held-out set (`val/certified_exact` is
+                     the same on the held-out rows, always <= `val/exact_match`). With label noise it
+                     certifies the answer as labelled, noise included.
 
 So with `task.loss_on=answer`, bits/total is the operands at their law (exactly their floor) plus the
 answer under the model: bits/epistemic is the answer's excess alone. `lab compress` writes a file of
@@ -72,9 +78,10 @@ class Bits(L.Callback):
         self.names = [task.target_names[t] for t in self.coded]
         self.floor = task.floor_bits[self.coded]  # (M,)
         self.floor_example = task.floor_bits_per_example
+        self.answer = task.answer_positions  # (A,) the targets greedy decoding produces
         # counters: row 0 first-pass examples, row 1 revisits; columns: bits per sent position (M),
-        # text bits, examples
-        self.acc = torch.zeros(2, self.M + 2, dtype=torch.float64)
+        # text bits, examples, examples whose answer costs < 1 bit (certified)
+        self.acc = torch.zeros(2, self.M + 3, dtype=torch.float64)
         self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
         self.bad_step = torch.tensor(-1)  # the first step whose loss or bits were not finite
         self._val: dict[str, torch.Tensor] = {}
@@ -89,6 +96,7 @@ class Bits(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         device = pl_module.device
         self.coded_idx = torch.from_numpy(self.coded).to(device)  # (M,)
+        self.answer_idx = torch.from_numpy(self.answer).to(device)  # (A,)
         self.model_cols = torch.from_numpy(self.by_model).to(device)  # (M,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
         self.acc, self.last, self.bad_step = (t.to(device) for t in (self.acc, self.last, self.bad_step))
@@ -103,7 +111,8 @@ class Bits(L.Callback):
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         x = batch["x"]  # (B, T)
-        bits = outputs["token_loss"].index_select(1, self.coded_idx) / LN2  # (B, M) model, before the step
+        nats = outputs["token_loss"]  # (B, T-1) the model before the step
+        bits = nats.index_select(1, self.coded_idx) / LN2  # (B, M)
         if not self.by_model.all():  # the positions the task's law sends
             law = self.task.law_bits(x.cpu().numpy())[:, self.coded]  # (B, M)
             bits = torch.where(self.model_cols, bits, torch.from_numpy(law).to(bits.device))
@@ -111,9 +120,10 @@ class Bits(L.Callback):
             bits,
             self.char_bits[x].sum(1, keepdim=True),  # the example's text, in bits
             torch.ones_like(bits[:, :1]),  # one example
-        ], dim=1)  # (B, M+2)
+            (nats.index_select(1, self.answer_idx).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
+        ], dim=1)  # (B, M+3)
         new = batch["new"].double()  # (B,)
-        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+2): first pass, revisits
+        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+3): first pass, revisits
         delta = delta + 0.0 * outputs["loss"]  # a non-finite loss makes the step's counters non-finite
         if trainer.world_size > 1:
             delta = trainer.strategy.reduce(delta, reduce_op="sum")
@@ -150,7 +160,7 @@ class Bits(L.Callback):
         return out
 
     def _log(self, trainer, pl_module) -> None:
-        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+2)
+        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+3)
         self.last = self.acc.clone()
         metrics = self.totals()
         n, n_rev = w[0, self.M + 1], w[1, self.M + 1]
@@ -164,6 +174,7 @@ class Bits(L.Callback):
                 "bits/epistemic_example": (total - floor) / n,
                 "bits/ratio_raw": total / w[0, self.M],
                 "bits/ratio_uniform": total / (n * self.M * math.log2(self.task.vocab_size)),
+                "bits/certified_exact": w[0, self.M + 2] / n,
             })
             if floor > 0:  # (undefined for a floor of 0: a rule without noise)
                 metrics["bits/ratio_floor"] = total / floor

@@ -42,7 +42,7 @@ from lab.config import Config, ConfigError, from_dict, to_dict
 from lab.module import LabModule
 from lab.tasks import make_task
 
-FORMAT = 1
+FORMAT = 2  # 2: the stream of lab.bits (known tokens free, law-coded positions)
 MAGIC = b"CLAB"
 LIBRARIES = ("torch", "numpy", "constriction", "compression-lab")
 CATEGORICAL = constriction.stream.model.Categorical(perfect=False)

@@ -29,6 +29,7 @@ class TaskConfig:
     leading_zeros: bool = False  # operands on [0, 10^n - 1] instead of [10^(n-1), 10^n - 1]
     reverse_answer: bool = False  # write the sum least significant digit first
     n_heldout: int = 2000
+    n_chain: int = 200  # per carry-chain length 0..n-1: sums for the rule's evaluation (val/chain_exact/<k>)
     # modular and permutation (S5)
     op: str = ""  # "" = x+y (modular), x*y (permutation)
     p: int = 97  # modular only
@@ -70,7 +71,8 @@ class TrainConfig:
     eval_every: int = 250  # steps between held-out evaluations
     eval_batch_size: int = 1000
     stop_at: float | None = 0.99  # stop when stop_metric reaches this (None: never)
-    stop_metric: str = "val/exact_match"  # or val/clean_exact_match (label noise), train/exact_match
+    stop_metric: str = "val/exact_match"  # or val/clean_exact_match (label noise), train/exact_match,
+    # val/chain_exact_min (addition: every carry-chain length)
     precision: str = "32"  # 32 | bf16
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     accelerator: str = "auto"  # auto | cpu | gpu
@@ -102,7 +104,7 @@ class Config:
 
 # keys that belong to one task only: setting them for another task is an error, not a silent no-op
 TASK_KEYS = {
-    "addition": {"n_digits", "leading_zeros", "reverse_answer", "n_heldout"},
+    "addition": {"n_digits", "leading_zeros", "reverse_answer", "n_heldout", "n_chain"},
     "modular": {"op", "p", "train_fraction"},
     "permutation": {"op", "train_fraction"},
 }
@@ -168,6 +170,7 @@ def validate(cfg: Config) -> None:
         lo = 0 if t.leading_zeros else 10 ** (t.n_digits - 1)
         pairs = (10**t.n_digits - lo) ** 2
         _check(t.n_heldout >= 0, "task.n_heldout", f"{t.n_heldout} is negative")
+        _check(t.n_chain >= 0, "task.n_chain", f"{t.n_chain} is negative")
         _check(t.n_heldout <= pairs // 2, "task.n_heldout",
                f"{t.n_heldout} is more than half of the {pairs} operand pairs")
     if t.name == "permutation":
@@ -213,7 +216,7 @@ def validate(cfg: Config) -> None:
     _check(tr.grokfast_lambda >= 0, "train.grokfast_lambda", f"{tr.grokfast_lambda} is negative")
     _check(0 <= tr.grokfast_alpha < 1, "train.grokfast_alpha", f"{tr.grokfast_alpha} is not in [0, 1)")
     _check(tr.stop_at is None or 0 < tr.stop_at <= 1, "train.stop_at", f"{tr.stop_at} is not in (0, 1]")
-    stop_metrics = ("val/exact_match", "val/clean_exact_match", "train/exact_match")
+    stop_metrics = ("val/exact_match", "val/clean_exact_match", "train/exact_match", "val/chain_exact_min")
     _check(tr.stop_metric in stop_metrics, "train.stop_metric", f"{tr.stop_metric!r} is not one of {stop_metrics}")
     _check(tr.precision in ("32", "bf16"), "train.precision", f"{tr.precision!r} is not '32' or 'bf16'")
     _check(tr.accelerator in ("auto", "cpu", "gpu"), "train.accelerator",

@@ -167,12 +167,14 @@ class LabModule(L.LightningModule):
         logits, answer = self.model.score_and_generate(x, a)  # (B, T-1, V), (B, A)
         nats = token_nats(logits, x[:, 1:])  # (B, T-1) float64
         correct = answer == x[:, a:]  # (B, A) greedy generation against the truth
+        certified = nats[:, a - 1 :].sum(1) < LN2  # (B,) answer under 1 bit: greedy must produce it
         s = self._eval.setdefault(self.eval_names[dataloader_idx], {})
         for key, value in (
             ("n", torch.tensor(float(len(x)), device=x.device, dtype=torch.float64)),
             ("nats", nats.sum(0)),  # (T-1,)
             ("correct", correct.double().sum(0)),  # (A,)
             ("exact", correct.all(1).double().sum()),
+            ("certified", certified.double().sum()),
         ):
             s[key] = s[key] + value if key in s else value
         return {"example_bits": (nats * self.model_mask).sum(1) / LN2}  # (B,) model-coded bits per example
@@ -188,6 +190,7 @@ class LabModule(L.LightningModule):
             if name == "val":
                 metrics["val/loss"] = float(nats[mask].mean())
                 metrics["val/exact_match"] = exact
+                metrics["val/certified_exact"] = float(s["certified"] / s["n"])
                 metrics["val/bits_example"] = float((nats[sent] / LN2).sum())
                 metrics["val/excess_bits_example"] = float((nats / LN2 - floor)[sent].sum())
                 metrics.update({f"val/loss/{names[t]}": float(nats[t]) for t in range(len(names)) if mask[t]})
@@ -196,9 +199,15 @@ class LabModule(L.LightningModule):
                                 for j, t in enumerate(self.task.answer_positions)})
             elif name == "val_clean":  # noisy labels: the held-out rows scored against the true rule
                 metrics["val/clean_exact_match"] = exact
+            elif name.startswith("chain_"):  # the rule: sums whose longest carry chain is k digits
+                metrics[f"val/chain_exact/{name[len('chain_'):]}"] = exact
             else:
                 metrics[f"{name}/eval_loss"] = float(nats[mask].mean())
                 metrics[f"{name}/exact_match"] = exact
+                metrics[f"{name}/certified_exact"] = float(s["certified"] / s["n"])
+        chains = [v for k, v in metrics.items() if k.startswith("val/chain_exact/")]
+        if chains:
+            metrics["val/chain_exact_min"] = min(chains)
         metrics["examples_seen"] = float(self.examples_seen)
         log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
         self.last_eval = metrics

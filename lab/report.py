@@ -50,7 +50,8 @@ def last(rows: list[dict], key: str):
     return None if v is KeyError else math.nan if v is None else v
 
 
-FINAL = ["step", "examples_seen", "val/exact_match", "val/clean_exact_match", "train/exact_match", "val/loss",
+FINAL = ["step", "examples_seen", "val/exact_match", "val/certified_exact", "val/chain_exact_min",
+         "val/clean_exact_match", "train/exact_match", "val/loss",
          "bits/total", "bits/floor", "bits/epistemic", "bits/example", "dl/table", "dl/table_epistemic",
          "dl/table_raw"]
 

@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, tiny_addition
 
 from lab.loggers import read_metrics
+from lab.tasks.addition import longest_chain
 from lab.train import train
 
 spec = importlib.util.spec_from_file_location("bench_addition", Path(ROOT) / "experiments" / "bench_addition.py")
@@ -67,7 +68,7 @@ def test_longest_carry_chain():
     a, b = np.array([123, 199, 1999, 9999, 55, 5050, 950]), np.array([456, 1, 1, 1, 45, 4950, 50])
     # 199 + 1: the carry from 9 + 1 passes through 9 + 0 (1); 5050 + 4950: through 5 + 4 and 0 + 9 (2);
     # 950 + 50: 0 + 0 makes no carry, 5 + 5 does, 9 + 0 passes it on (1)
-    assert chains.longest_chain(a, b, 4).tolist() == [0, 1, 2, 3, 1, 2, 1]
+    assert longest_chain(a, b, 4).tolist() == [0, 1, 2, 3, 1, 2, 1]
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 10**6, 500), rng.integers(0, 10**6, 500)
 
@@ -79,7 +80,7 @@ def test_longest_carry_chain():
             best, carry = max(best, run), int(s >= 10)
         return best
 
-    assert chains.longest_chain(a, b, 6).tolist() == [by_hand(x, y) for x, y in zip(a, b)]
+    assert longest_chain(a, b, 6).tolist() == [by_hand(x, y) for x, y in zip(a, b)]
 
 
 def test_carry_chains_report(tmp_path, monkeypatch, capsys):

@@ -220,3 +220,29 @@ def test_examples_seen_is_exact_in_every_row(tmp_path):
     result = train(tiny_addition(tmp_path, "train.batch_size=30", "train.max_steps=10"), extra_callbacks=[BigStart()])
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert rows and all(r["examples_seen"] == 2**24 + 1 + 30 * r["step"] for r in rows)
+
+
+@pytest.mark.parametrize("make_cfg,overrides", [
+    (tiny_modular, ["train.max_steps=150", "train.lr=3e-3", "train.weight_decay=0.1", "train.eval_every=25"]),
+    (tiny_addition, ["train.max_steps=60", "train.lr=3e-3", "train.eval_every=20"]),
+    (tiny_addition, ["train.max_steps=2", "train.eval_every=1", "log.every=1"]),  # untrained
+])
+def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, make_cfg, overrides):
+    """An answer that costs under 1 bit has every token at probability > 1/2, so greedy decoding
+    produces it: no certified example is wrong, and the certified share never exceeds exact match."""
+    result = train(make_cfg(tmp_path, "train.stop_at=null", *overrides))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    evals = [r for r in rows if "val/certified_exact" in r]
+    assert evals and all(r["val/certified_exact"] <= r["val/exact_match"] for r in evals)
+    assert all(r.get("train/certified_exact", 0) <= r.get("train/exact_match", 1) for r in evals)
+    stream = [r["bits/certified_exact"] for r in rows if "bits/certified_exact" in r]
+    assert stream and all(0 <= v <= 1 for v in stream)
+    task, model = result.module.task, result.module.model.eval()
+    x = torch.from_numpy(task.eval_sets()["train" if task.finite else "val"])
+    logits, answer = model.score_and_generate(x, task.answer_start)
+    nats = -torch.log_softmax(logits.double(), -1).gather(-1, x[:, 1:, None]).squeeze(-1)  # (N, T-1)
+    certified = nats[:, task.answer_start - 1 :].sum(1) < math.log(2)
+    correct = (answer == x[:, task.answer_start :]).all(1)
+    assert bool(correct[certified].all())  # per example, not only in the mean
+    if make_cfg is tiny_modular:  # trained far enough that the bound is not vacuous
+        assert certified.float().mean() > 0.3 and evals[-1]["train/certified_exact"] > 0.3

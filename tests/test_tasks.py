@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lab.tasks import Addition, Modular, Permutation
+from lab.tasks.addition import longest_chain
 from lab.tasks.modular import OPS, noise_floor
 from lab.tasks.permutation import OPS as PERM_OPS
 from lab.tasks.permutation import PERMS
@@ -259,3 +260,35 @@ def test_what_the_receiver_knows_is_what_the_stream_holds(task):
         np.testing.assert_array_equal(task.layout(batch.ids)[:, task.known], batch.x[:, task.known])
         new_ids.append(batch.ids[batch.new])
     np.testing.assert_array_equal(task.sent_ids(5, 16), np.concatenate(new_ids))
+
+
+def test_carry_chain_sets_cover_every_length_and_stay_out_of_the_stream():
+    task = Addition(4, n_heldout=300, n_chain=150, seed=3)
+    sets = task.eval_sets()
+    assert [k for k in sets if k.startswith("chain_")] == [f"chain_{k}" for k in range(4)]  # lengths 0..n-1
+    seen_pairs = set()
+    for k in range(4):
+        x = sets[f"chain_{k}"]
+        a, b = task.operands(x)
+        assert len(x) == 150 and (longest_chain(a, b, 4) == k).all()  # each length equally represented
+        np.testing.assert_array_equal(x, task.encode(a, b))  # the task's own encoder, true sums
+        assert ((a >= 1000) & (b >= 1000)).all()
+        pairs = set(zip(a.tolist(), b.tolist()))
+        assert len(pairs) == 150 and not pairs & seen_pairs
+        seen_pairs |= pairs
+    assert not seen_pairs & {tuple(p) for p in task.heldout_pairs.tolist()}
+    for step in range(200):  # the stream never yields them
+        a, b = task.operands(task.train_batch(step, 256).x)
+        assert not set(zip(a.tolist(), b.tolist())) & seen_pairs
+
+
+def test_floors_exclude_the_chain_sets_too():
+    task = Addition(2, n_heldout=1000, n_chain=300)
+    excluded = {tuple(p) for p in task.heldout_pairs.tolist()}
+    for pairs in task.chain_pairs.values():
+        excluded |= {tuple(p) for p in pairs.tolist()}
+    assert len(excluded) == 1000 + sum(len(p) for p in task.chain_pairs.values()) > 1300
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if (a, b) not in excluded]
+    rows = task.encode(*np.array(pairs).T)
+    H = conditional_entropies({tuple(r): 1 / len(rows) for r in rows.tolist()})
+    np.testing.assert_allclose(task.floor_bits, H, atol=1e-9, rtol=0)
