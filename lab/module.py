@@ -116,6 +116,7 @@ class LabModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         x = batch["x"]  # (B, T) this process's rows of the global batch
         step = self.trainer.global_step
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step uses
         loss, nats = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
                                self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
@@ -124,7 +125,7 @@ class LabModule(L.LightningModule):
             if self.trainer.world_size > 1:
                 loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
             log_metrics(self.trainer, {"train/loss": float(loss), "examples_seen": float(self.examples_seen),
-                                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
+                                       "train/lr": lr})
         return {"loss": loss} if nats is None else {"loss": loss, "token_loss": nats}
 
     def _grokfast(self) -> None:

@@ -1,6 +1,7 @@
 """Figures from a run's metrics.jsonl (matplotlib, no display needed).
 
     marks = grokking_figure("runs/grokking-...")   # writes grokking.png in the run directory
+    stream_figure("runs/addition-...")             # writes addition.png: the stream's bits and the rule
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -105,3 +107,91 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
     fig.savefig(out or run_dir / "grokking.png", dpi=110)
     plt.close(fig)
     return marks
+
+
+def last(rows: list[dict], key: str):
+    """The value of `key` in the last row that logged it; nan if that value was not finite (null in
+    metrics.jsonl): a stale earlier value is never shown as final. None if no row logged it."""
+    v = next((r[key] for r in reversed(rows) if key in r), KeyError)
+    return None if v is KeyError else math.nan if v is None else v
+
+
+def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list[dict] | None = None) -> Path:
+    """The claim of a stream run in one figure (`addition.png` by default), against examples seen:
+    1. bits per example (last log interval) with the floor and the epistemic area shaded; held-out exact
+       match, the held-out certificate and the stream's certificate (share of new examples coded in
+       under 1 bit) on a second axis;
+    2. excess bits per example per sent position over time: the order in which the digits emerge;
+    3. exact match by longest carry chain at the last evaluation, with the held-out figure beside it."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl") if rows is None else rows
+    chains = sorted((int(k.rsplit("/", 1)[1]), k) for k in set().union(*rows) if k.startswith("val/chain_exact/")) \
+        if rows else []
+    fig, axes = plt.subplots(3 if chains else 2, 1, figsize=(9, 11 if chains else 8),
+                             gridspec_kw={"height_ratios": [3, 2.5, 1.5] if chains else [3, 2.5]})
+    ax, heat = axes[0], axes[1]
+    xs = [r["examples_seen"] for r in rows if "bits/example" in r]
+    rate = [math.nan if r["bits/example"] is None else r["bits/example"] for r in rows if "bits/example" in r]
+    floor = last(rows, "bits/floor_example")
+    if xs:
+        ax.plot(xs, rate, color="C0", label="bits per example (last interval)")
+        if floor is not None:
+            ax.axhline(floor, color="gray", linestyle="--", label=f"floor {floor:.2f}")
+            ax.fill_between(xs, floor, rate, where=np.array(rate) > floor, color="C0", alpha=0.2,
+                            label="epistemic (learning cost)")
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel("bits per example")
+    twin = ax.twinx()
+    for key, label, style in (("val/exact_match", "held-out exact match", "-"),
+                              ("val/certified_exact", "held-out, certified (< 1 bit)", ":"),
+                              ("bits/certified_exact", "stream, certified (< 1 bit)", "--"),
+                              ("val/chain_exact_min", "lowest over carry-chain lengths", "-.")):
+        pts = [(r["examples_seen"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            twin.plot(*zip(*pts), color="C1" if key.startswith("val") else "C2", linestyle=style, label=label)
+    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylabel("exact match")
+    twin.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    epistemic = last(rows, "bits/epistemic")
+    ax.set_title(f"{run_dir.name}: {(epistemic or 0) / 1e6:.3f} Mbit above the floor", fontsize=10)
+
+    bits_rows = [r for r in rows if "bits/total" in r]
+    names = [k[len("bits/excess/"):] for k in bits_rows[-1] if k.startswith("bits/excess/")] if bits_rows else []
+    cum = [(r["examples_seen"], [r[f"bits/excess/{n}"] for n in names], r["bits/examples"])
+           for r in rows if names and f"bits/excess/{names[0]}" in r]
+    ex = np.array([c[0] for c in cum])
+    exc = np.array([c[1] for c in cum], dtype=float)  # (L, P) cumulative excess per position
+    dn = np.diff([c[2] for c in cum])  # new examples in each window (0 once a finite task revisits)
+    keep = dn > 0
+    if keep.sum() > 1:
+        per = np.diff(exc, axis=0)[keep] / dn[keep, None]  # (L', P) excess bits per example in each window
+        im = heat.imshow(np.clip(per.T, 1e-3, None), aspect="auto", origin="lower", cmap="magma",
+                         norm=plt.matplotlib.colors.LogNorm(vmin=1e-3, vmax=max(1e-2, np.nanmax(per))),
+                         extent=[ex[1:][keep][0], ex[1:][keep][-1], -0.5, len(names) - 0.5])
+        heat.set_yticks(range(len(names)), names, fontsize=6)
+        heat.set_xlabel("examples seen")
+        heat.set_ylabel("position")
+        heat.set_title("excess bits per example, per position (above the floor): the order of emergence",
+                       fontsize=9)
+        fig.colorbar(im, ax=heat)
+    else:
+        heat.axis("off")
+
+    if chains:
+        bar = axes[2]
+        final = [last(rows, key) for _, key in chains]
+        bar.bar([str(k) for k, _ in chains], final, color="C1")
+        held = last(rows, "val/exact_match")
+        if held is not None:
+            bar.axhline(held, color="gray", linestyle="--", label=f"held-out (uniform operands) {held:.4f}")
+            bar.legend(fontsize=8, loc="lower left")
+        bar.set_ylim(0, 1.02)
+        bar.set_xlabel("longest carry chain in the sum (digits a carry passes through)")
+        bar.set_ylabel("exact match")
+        bar.set_title("the rule at the last evaluation: exact match by carry-chain length", fontsize=9)
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "addition.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

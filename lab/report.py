@@ -21,7 +21,7 @@ import yaml
 
 from lab.config import ConfigError
 from lab.loggers import read_metrics
-from lab.plots import plt, series
+from lab.plots import last, plt, stream_figure
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -41,13 +41,6 @@ def spearman(x: list[float], y: list[float]) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def last(rows: list[dict], key: str):
-    """The value of `key` in the last row that logged it; nan if that value was not finite (null in
-    metrics.jsonl): a stale earlier value is never shown as final. None if no row logged it."""
-    v = next((r[key] for r in reversed(rows) if key in r), KeyError)
-    return None if v is KeyError else math.nan if v is None else v
 
 
 FINAL = ["step", "examples_seen", "val/exact_match", "val/certified_exact", "val/chain_exact_min",
@@ -76,51 +69,7 @@ def run_report(run_dir: Path) -> dict:
     rows = read_metrics(run_dir / "metrics.jsonl")
     final = final_figures(rows)
     write_table([final], run_dir / "report")
-    fig, (ax, heat) = plt.subplots(2, 1, figsize=(9, 8))
-    x, rate = series(rows, "bits/example")
-    xs = [r["examples_seen"] for r in rows if "bits/example" in r]
-    floor = last(rows, "bits/floor_example")
-    if xs:
-        ax.plot(xs, rate, color="C0", label="bits per example (last interval)")
-        if floor is not None:
-            ax.axhline(floor, color="gray", linestyle="--", label=f"floor {floor:.2f}")
-            ax.fill_between(xs, floor, rate, where=np.array(rate) > floor, color="C0", alpha=0.2,
-                            label="epistemic (learning cost)")
-    ax.set_xlabel("examples seen")
-    ax.set_ylabel("bits per example")
-    acc = [(r["examples_seen"], r["val/exact_match"]) for r in rows if r.get("val/exact_match") is not None]
-    if acc:
-        twin = ax.twinx()
-        twin.plot(*zip(*acc), color="C1", label="held-out exact match")
-        twin.set_ylim(-0.02, 1.02)
-        twin.set_ylabel("held-out exact match")
-        twin.legend(loc="center right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{run_dir.name}: {final.get('bits/epistemic', 0) / 1e6:.3f} Mbit above the floor")
-
-    bits_rows = [r for r in rows if "bits/total" in r]
-    names = [k[len("bits/excess/"):] for k in bits_rows[-1] if k.startswith("bits/excess/")] if bits_rows else []
-    cum = [(r["examples_seen"], [r[f"bits/excess/{n}"] for n in names], r["bits/examples"])
-           for r in rows if names and f"bits/excess/{names[0]}" in r]
-    ex = np.array([c[0] for c in cum])
-    exc = np.array([c[1] for c in cum])  # (L, P) cumulative excess per position
-    dn = np.diff([c[2] for c in cum])  # new examples in each window (0 once a finite task revisits)
-    keep = dn > 0
-    if keep.sum() > 1:
-        per = np.diff(exc, axis=0)[keep] / dn[keep, None]  # (L', P) excess bits per example in each window
-        im = heat.imshow(np.clip(per.T, 1e-3, None), aspect="auto", origin="lower", cmap="magma",
-                         norm=plt.matplotlib.colors.LogNorm(vmin=1e-3, vmax=max(1e-2, per.max())),
-                         extent=[ex[1:][keep][0], ex[1:][keep][-1], -0.5, len(names) - 0.5])
-        heat.set_yticks(range(len(names)), names, fontsize=6)
-        heat.set_xlabel("examples seen")
-        heat.set_ylabel("position")
-        heat.set_title("excess bits per example, per position (above the floor)", fontsize=9)
-        fig.colorbar(im, ax=heat)
-    else:
-        heat.axis("off")
-    fig.tight_layout()
-    fig.savefig(run_dir / "report.png", dpi=110)
-    plt.close(fig)
+    stream_figure(run_dir, run_dir / "report.png", rows)
     return {"kind": "run", "final": final, "figure": str(run_dir / "report.png")}
 
 

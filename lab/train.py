@@ -6,6 +6,7 @@
         positions.csv        per predicted position: floor, total and excess bits (at the end)
         summary.json         final figures of the run
         grokking.png         finite tasks: accuracy, dl/table and losses against steps
+        addition.png         stream tasks: bits against examples, certificates, emergence, the rule
         checkpoints/         last.ckpt and the latest periodic step-*.ckpt
         wandb/               the wandb run (offline unless wandb is set up)
 """
@@ -32,7 +33,7 @@ from lab.config import Config, ConfigError, diff, load, to_dict, to_yaml
 from lab.data import LabData
 from lab.loggers import JsonlLogger, make_wandb_logger, write_atomic
 from lab.module import LabModule
-from lab.plots import grokking_figure
+from lab.plots import grokking_figure, stream_figure
 from lab.probes import GrokkingProbes
 from lab.tasks import make_task
 
@@ -79,32 +80,28 @@ class RunLock:
         self.path = run_dir / "lock"
         self.file = None
 
+    def _try(self, f, key: str, mode: int) -> None:
+        """flock `f` without waiting, or raise ConfigError naming `key`, the directory and the holder."""
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"{key}: {self.path.parent} is being written by {holder}; "
+                              f"one writer per run directory (stop that run first)") from None
+
     def check(self, key: str) -> None:
-        """Raise ConfigError naming `key`, the directory and the holder if a live process holds the lock."""
+        """Raise as `acquire` would if a live process holds the lock; take nothing, write nothing."""
         if self.path.exists():
             with open(self.path) as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = f.read().strip() or "another process"
-                    raise ConfigError(f"{key}: {self.path.parent} is being written by {holder}; "
-                                      f"one writer per run directory (stop that run first)") from None
+                self._try(f, key, fcntl.LOCK_SH)
 
     def acquire(self, key: str) -> None:
-        """Take the lock, or raise ConfigError as `check` does."""
-        if self.path.exists():  # a run directory already: probe without creating anything
-            self.check(key)
-            f = open(self.path, "r+")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # taken in between
-                f.close()
-                self.check(key)
-                raise
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(self.path, "w")
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        """Take the lock (creating the directory and the file if needed), or raise ConfigError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # (an existing file is not changed before the lock is ours)
+        self._try(f, key, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
@@ -231,5 +228,7 @@ def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
     if trainer.is_global_zero:
         if task.finite:
             summary["marks"] = grokking_figure(run_dir)
+        elif (run_dir / "metrics.jsonl").exists():
+            stream_figure(run_dir)  # addition.png
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return RunResult(run_dir, module, trainer, bits, summary)
