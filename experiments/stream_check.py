@@ -47,7 +47,8 @@ MODULAR_OPS = ["x+y", "x-y", "x*y", "x/y", "x^2+y^2", "x^2+xy+y^2", "x^2+xy+y^2+
                "x/y if y odd else x-y"]
 S5_GRID = [("x*y", "answer", 0.0), ("x*y*x^-1", "all", 0.1), ("x*y*x", "all", 0.0)]
 OTHER = [["model.dropout=0.1"], ["model.dropout=0.2", "task.loss_on=answer"],
-         ["train.grokfast_lambda=2", "train.grad_clip=0.5"]]
+         ["train.grokfast_lambda=2", "train.grad_clip=0.5"],
+         ["task.chain_prob=0.5", "task.loss_on=answer", "task.n_digits=2", "task.n_heldout=1000"]]
 
 
 def addition_grid(loss_on, reverse, zeros, noise, n) -> list[str]:

@@ -30,6 +30,7 @@ class TaskConfig:
     reverse_answer: bool = False  # write the sum least significant digit first
     n_heldout: int = 2000
     n_chain: int = 200  # per carry-chain length 0..n-1: sums for the rule's evaluation (val/chain_exact/<k>)
+    chain_prob: float = 0.0  # training stream: each pair below the leading one sums to 9 w.p. this (0: uniform)
     # modular and permutation (S5)
     op: str = ""  # "" = x+y (modular), x*y (permutation)
     p: int = 97  # modular only
@@ -104,7 +105,7 @@ class Config:
 
 # keys that belong to one task only: setting them for another task is an error, not a silent no-op
 TASK_KEYS = {
-    "addition": {"n_digits", "leading_zeros", "reverse_answer", "n_heldout", "n_chain"},
+    "addition": {"n_digits", "leading_zeros", "reverse_answer", "n_heldout", "n_chain", "chain_prob"},
     "modular": {"op", "p", "train_fraction"},
     "permutation": {"op", "train_fraction"},
 }
@@ -171,6 +172,7 @@ def validate(cfg: Config) -> None:
         pairs = (10**t.n_digits - lo) ** 2
         _check(t.n_heldout >= 0, "task.n_heldout", f"{t.n_heldout} is negative")
         _check(t.n_chain >= 0, "task.n_chain", f"{t.n_chain} is negative")
+        _check(0 <= t.chain_prob < 1, "task.chain_prob", f"{t.chain_prob} is not in [0, 1)")
         _check(t.n_heldout <= pairs // 2, "task.n_heldout",
                f"{t.n_heldout} is more than half of the {pairs} operand pairs")
     if t.name == "permutation":

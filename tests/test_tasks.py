@@ -292,3 +292,42 @@ def test_floors_exclude_the_chain_sets_too():
     rows = task.encode(*np.array(pairs).T)
     H = conditional_entropies({tuple(r): 1 / len(rows) for r in rows.tolist()})
     np.testing.assert_allclose(task.floor_bits, H, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("leading_zeros", [False, True])
+def test_chain_rich_law_floors_and_conditionals_are_exact_by_enumeration(leading_zeros):
+    """chain_prob q: each lower pair sums to 9 w.p. q. With held-out and chain sets excluded, the floors
+    are the exact conditional entropies of the stream's law and law_probs its conditionals."""
+    q = 0.5
+    task = Addition(2, leading_zeros, False, "answer", n_heldout=800, n_chain=150, chain_prob=q)
+    lo = 0 if leading_zeros else 10
+    excluded = {tuple(p) for p in task.heldout_pairs.tolist()}
+    for pairs in task.chain_pairs.values():
+        excluded |= {tuple(p) for p in pairs.tolist()}
+    m = 100 - lo
+    dist = {}
+    for a in range(lo, 100):
+        for b in range(lo, 100):
+            if (a, b) in excluded:
+                continue
+            tie = (b % 10) == 9 - (a % 10)
+            dist[(a, b)] = (q * tie + (1 - q) / 10) / (m * (m // 10))  # a uniform, b1 uniform, b0 | a0
+    total = sum(dist.values())
+    rows = task.encode(*np.array(list(dist)).T)
+    H = conditional_entropies({tuple(r): v / total for r, v in zip(rows.tolist(), dist.values())})
+    np.testing.assert_allclose(task.floor_bits, H, atol=1e-9, rtol=0)
+    assert task.floor_bits[task.digit_cols[-1] - 1] < math.log2(10) - 0.5  # b0 is far from uniform
+    probs = np.array(list(dist.values())) / total
+    for t in np.flatnonzero(task.law_coded):  # the conditionals, weighted by the law
+        prefix, nxt = defaultdict(float), defaultdict(float)
+        for r, p in zip(rows.tolist(), probs):
+            prefix[tuple(r[: t + 1])] += p
+            nxt[tuple(r[: t + 2])] += p
+        expected = np.array([nxt[tuple(r[: t + 2])] / prefix[tuple(r[: t + 1])] for r in rows.tolist()])
+        np.testing.assert_allclose(task.law_probs(rows, t)[np.arange(len(rows)), rows[:, t + 1]], expected,
+                                   rtol=1e-9)
+    a, b = task.operands(np.concatenate([task.train_batch(s, 512).x for s in range(20)]))
+    tie = ((a % 10) + (b % 10) == 9).mean()  # the stream samples the law
+    assert tie == pytest.approx(q + (1 - q) / 10, abs=0.02)
+    held_a, held_b = task.operands(task.eval_sets()["val"])
+    assert ((held_a % 10) + (held_b % 10) == 9).mean() == pytest.approx(0.1, abs=0.03)  # held-out: uniform

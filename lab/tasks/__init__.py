@@ -16,7 +16,7 @@ def make_task(cfg) -> Task:
     if t.name == "addition":
         loss_on = "all" if t.loss_on == "auto" else t.loss_on
         return Addition(t.n_digits, t.leading_zeros, t.reverse_answer, loss_on, t.n_heldout, cfg.seed,
-                        t.label_noise, t.n_chain)
+                        t.label_noise, t.n_chain, t.chain_prob)
     loss_on = "answer" if t.loss_on == "auto" else t.loss_on
     if t.name == "permutation":
         return Permutation(t.op or "x*y", t.train_fraction, loss_on, t.label_noise, cfg.seed)

@@ -32,16 +32,18 @@ chance ~10^-k, so 99% held-out exact match says little about long chains. The ev
 equally represented, built with the task's encoder, clean labels), scored as `val/chain_exact/<k>` and
 their minimum `val/chain_exact_min`: the rule learned means every length right.
 
-The stream never yields a held-out or chain pair: colliding rows are redrawn, so the operands are
-uniform over the other pairs (`OperandLaw`). The floors above are for that law, exactly: for
+`chain_prob` q > 0 makes long chains common in the training stream (not in the held-out set, which
+stays uniform): each pair below the leading one sums to 9 with probability q (b_i = 9 - a_i, else b_i
+uniform), so a chain of k digits has chance ~q^k. Each such b digit then carries
+H(q + (1-q)/10, (1-q)/10 x 9) bits instead of log2 10.
+
+The stream never yields a held-out or chain pair: colliding rows are redrawn, so the operands follow
+that law restricted to the other pairs (`OperandLaw`). The floors above are for that law, exactly: for
 n = 8 it moves them by about 1e-13 bit, for n = 2 with 2,000 of 8,100 pairs held out the operands carry
 log2 6100 = 12.575 bits, not 12.984.
 """
 
 from __future__ import annotations
-
-import math
-from collections import Counter
 
 import numpy as np
 
@@ -52,56 +54,91 @@ S, E, PLUS, EQ = 10, 11, 12, 13
 
 
 class OperandLaw:
-    """The stream's law of the 2n operand digits a_{n-1}..a_0 b_{n-1}..b_0: uniform over the digit
-    strings that are allowed (no leading zero unless `leading_zeros`) and not held out.
+    """The stream's law of the 2n operand digits a_{n-1}..a_0 b_{n-1}..b_0, exactly.
 
-    With R_k the number of allowed completions of a k-digit prefix (a product of 9s and 10s) and c(p)
-    the number of held-out strings below prefix p, a prefix p has R_k - c(p) allowed completions, and
-    P(digit d | p) = (R_{k+1} - c(p d)) / (R_k - c(p)). Prefixes with no held-out string below them
-    (all but at most n_heldout per depth) are exactly uniform over the allowed digits; the others are
-    tabulated once. (Counts in float64: exact up to n = 8, and beyond it the deviation from uniform is
-    below float64's resolution anyway.)"""
+    Base law mu: every a digit uniform over the allowed digits (no leading zero unless `leading_zeros`);
+    b_{n-1} likewise; each lower b_i equal to 9 - a_i with probability `chain_prob` (a pair summing to
+    9, which a carry passes through), else uniform on 0..9. chain_prob = 0 is the uniform law.
 
-    def __init__(self, n: int, leading_zeros: bool, heldout: np.ndarray):
-        self.n = n
+    The stream never yields an excluded pair (held-out or carry-chain sets), so its law is mu
+    restricted to the other strings. With m(p) = mu(excluded below p) / mu(p), the excluded share of a
+    prefix p, the law of the next digit is P(d | p) = (mu(d | p) - m(p d) mu(d | p)) / (1 - m(p)).
+    Prefixes with nothing excluded below them (all but at most |excluded| per depth) follow mu; the
+    others are tabulated once."""
+
+    def __init__(self, n: int, leading_zeros: bool, excluded: np.ndarray, chain_prob: float = 0.0):
+        self.n, self.q = n, chain_prob
         lead = np.ones(10, dtype=bool)
         lead[0] = leading_zeros
         self.allowed = np.stack([lead if k % n == 0 else np.ones(10, dtype=bool) for k in range(2 * n)])  # (2n, 10)
-        m = self.allowed.sum(1)
-        self.R = [float(math.prod(m[k:].tolist())) for k in range(2 * n + 1)]  # R[2n] = 1
-        self.total = self.R[0] - len(heldout)
-        self.uniform = self.allowed / m[:, None]  # (2n, 10)
-        digits = np.concatenate([_digits(heldout[:, 0], n), _digits(heldout[:, 1], n)], axis=1).astype(np.uint8)
-        below = [Counter(r[:k].tobytes() for r in digits) for k in range(2 * n + 1)]  # c(p) per depth
+        self.uniform = self.allowed / self.allowed.sum(1, keepdims=True)  # (2n, 10)
+        digits = np.concatenate([_digits(excluded[:, 0], n), _digits(excluded[:, 1], n)], axis=1)  # (H, 2n)
+        rows = np.arange(len(digits))
+        pi = np.stack([self.base(k, digits[:, :k])[rows, digits[:, k]] for k in range(2 * n)], 1)  # (H, 2n)
+        ones = np.ones((len(digits), 1))
+        head = np.cumprod(np.concatenate([ones, pi], 1), 1)  # (H, 2n+1) mu(first k digits)
+        tail = np.cumprod(np.concatenate([ones, pi[:, ::-1]], 1), 1)[:, ::-1]  # (H, 2n+1) mu(rest | first k)
+        excluded_mass = float(tail[:, 0].sum())  # mu(excluded)
+        keys = digits.astype(np.uint8)
         self.index: list[dict[bytes, int]] = []  # depth k: prefix -> row of table[k]
         self.table: list[np.ndarray] = []  # depth k: (D_k, 10) law of digit k after each tabulated prefix
-        self.weight: list[np.ndarray] = []  # depth k: (D_k,) probability of each tabulated prefix
+        self.weight: list[np.ndarray] = []  # depth k: (D_k,) stream probability of each tabulated prefix
         for k in range(2 * n):
-            index = {p: i for i, p in enumerate(below[k])}
-            c = np.zeros((len(index), 10))  # (D_k, 10) held-out strings below each child
-            for child, count in below[k + 1].items():
-                c[index[child[:-1]], child[-1]] = count
-            left = (self.R[k + 1] - c) * self.allowed[k]  # (D_k, 10) allowed completions of each child
-            total = left.sum(1, keepdims=True)
+            index: dict[bytes, int] = {}
+            inv = np.array([index.setdefault(r[:k].tobytes(), len(index)) for r in keys], dtype=np.int64)  # (H,)
+            first = np.zeros(len(index), dtype=np.int64)
+            first[inv[::-1]] = rows[::-1]  # a row of each prefix
+            below = np.zeros((len(index), 10))  # (D_k, 10) excluded share of each child, relative to mu(p)
+            np.add.at(below, (inv, digits[:, k]), tail[:, k])
+            share = below.sum(1)  # (D_k,) m(p)
+            law = (self.base(k, digits[first, :k]) - below) / np.where(share < 1, 1 - share, 1)[:, None]
             self.index.append(index)
-            self.table.append(np.divide(left, total, out=np.zeros_like(left), where=total > 0))
-            self.weight.append(total[:, 0] / self.total)
+            self.table.append(np.clip(law, 0.0, None))  # (fully excluded children: 0, not -1e-17)
+            self.weight.append(head[first, k] * (1 - share) / (1 - excluded_mass))
 
-    def probs(self, prefix: bytes) -> np.ndarray:
-        """The first k = len(prefix) digits -> (10,) float64 law of digit k."""
-        k = len(prefix)
-        i = self.index[k].get(prefix)
-        return self.uniform[k] if i is None else self.table[k][i]
+    def base(self, k: int, prefix: np.ndarray) -> np.ndarray:
+        """(B, k) first digits -> (B, 10) mu's law of digit k."""
+        out = np.repeat(self.uniform[k][None], len(prefix), 0)  # (B, 10)
+        i = 2 * self.n - 1 - k  # digit k is b_i when k >= n
+        if self.q > 0 and k > self.n:  # a lower b digit: 9 - a_i with probability q
+            a_i = prefix[:, self.n - 1 - i]  # (B,)
+            out *= 1 - self.q
+            out[np.arange(len(prefix)), 9 - a_i] += self.q
+        return out
+
+    def probs(self, prefixes: np.ndarray) -> np.ndarray:
+        """(B, k) first digits -> (B, 10) float64 law of digit k under the stream's law."""
+        k = prefixes.shape[1]
+        out = self.base(k, prefixes)
+        keys = prefixes.astype(np.uint8)
+        for row, key in enumerate(keys):
+            i = self.index[k].get(key.tobytes())
+            if i is not None:
+                out[row] = self.table[k][i]
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int, lo: int, hi: int) -> np.ndarray:
+        """(size, 2) pairs drawn from mu (the exclusion is the caller's: it redraws)."""
+        pairs = rng.integers(lo, hi + 1, size=(size, 2), dtype=np.int64)  # (size, 2)
+        if self.q > 0:  # each lower pair sums to 9 with probability q
+            powers = 10 ** np.arange(self.n - 1, dtype=np.int64)  # (n-1,) significance of b_0..b_{n-2}
+            a_i = (pairs[:, :1] // powers) % 10  # (size, n-1)
+            b_i = (pairs[:, 1:] // powers) % 10
+            tie = rng.random((size, self.n - 1)) < self.q
+            pairs[:, 1] += ((np.where(tie, 9 - a_i, b_i) - b_i) * powers).sum(1)
+        return pairs
 
     def entropies(self) -> np.ndarray:
-        """(2n,) exact H(digit k | digits < k) in bits: the untabulated (uniform) prefixes give log2 m_k,
-        the tabulated ones are summed one by one with their probability."""
+        """(2n,) exact H(digit k | digits < k) in bits: the untabulated prefixes follow mu, whose entropy
+        at depth k is the same for every prefix; the tabulated ones are summed one by one."""
         out = np.zeros(2 * self.n)
         for k in range(2 * self.n):
             p = self.table[k]
             h = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(1)  # (D_k,)
+            b = self.base(k, np.zeros((1, k), dtype=np.int64))[0]
+            h_base = float(-(b * np.log2(np.where(b > 0, b, 1.0))).sum())
             w = self.weight[k]
-            out[k] = float(w @ h) + (1.0 - float(w.sum())) * math.log2(self.allowed[k].sum())
+            out[k] = float(w @ h) + (1.0 - float(w.sum())) * h_base
         return out
 
 
@@ -122,6 +159,7 @@ class Addition(Task):
         seed: int = 0,
         label_noise: float = 0.0,
         n_chain: int = 0,
+        chain_prob: float = 0.0,
     ):
         self.n = n_digits
         self.leading_zeros = leading_zeros
@@ -154,7 +192,7 @@ class Addition(Task):
         self.chain_pairs = self._draw_chains(n_chain, set(map(tuple, self.heldout_pairs.tolist())))
         excluded = np.concatenate([self.heldout_pairs, *self.chain_pairs.values()])  # never in the stream
         self._heldout_set = set(map(tuple, excluded.tolist()))
-        self.law = OperandLaw(n, leading_zeros, excluded)
+        self.law = OperandLaw(n, leading_zeros, excluded, chain_prob)
 
         first = log2(10) if leading_zeros else log2(9)
         operand = np.array([first] + [log2(10)] * (n - 1))
@@ -213,14 +251,13 @@ class Addition(Task):
         return {S: "", E: "\n"}.get(token, self.vocab[token])
 
     # -- sampling -------------------------------------------------------------------------------------
-    def _draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        return rng.integers(self.lo, self.hi + 1, size=(size, 2), dtype=np.int64)  # (size, 2)
-
     def _draw_heldout(self, count: int) -> np.ndarray:
+        """Held-out pairs, uniform on the operand range whatever the stream's law (`chain_prob`)."""
         rng = rng_for(self.seed, 0)
         pairs = np.zeros((0, 2), dtype=np.int64)
         while len(pairs) < count:
-            pairs = np.unique(np.concatenate([pairs, self._draw(rng, count - len(pairs))]), axis=0)
+            more = rng.integers(self.lo, self.hi + 1, size=(count - len(pairs), 2), dtype=np.int64)
+            pairs = np.unique(np.concatenate([pairs, more]), axis=0)
         return rng.permutation(pairs)
 
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,17 +271,16 @@ class Addition(Task):
     def law_probs(self, x: np.ndarray, t: int) -> np.ndarray:
         """The operand digit at target t given the digits before it, under `OperandLaw`."""
         k = int(np.flatnonzero(self.digit_cols == t + 1)[0])  # which of the 2n operand digits
-        prefixes = x[:, self.digit_cols[:k]].astype(np.uint8)  # (B, k)
         out = np.zeros((len(x), self.vocab_size))
-        out[:, :10] = [self.law.probs(r.tobytes()) for r in prefixes]
+        out[:, :10] = self.law.probs(x[:, self.digit_cols[:k]])
         return out  # (B, V)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         rng = rng_for(self.seed, 1, step)
-        pairs = self._draw(rng, batch_size)  # (B, 2)
+        pairs = self.law.sample(rng, batch_size, self.lo, self.hi)  # (B, 2)
         held = self._held_out_rows(pairs)
         while held.any():  # redraw collisions with the held-out set
-            pairs[held] = self._draw(rng, int(held.sum()))
+            pairs[held] = self.law.sample(rng, int(held.sum()), self.lo, self.hi)
             held = self._held_out_rows(pairs)
         x = self._add_noise(self.encode(pairs[:, 0], pairs[:, 1]), rng_for(self.seed, 5, step))
         return Batch(x, *self.schedule(step, batch_size))
