@@ -64,12 +64,18 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
 
     ax = axes[1]
     s, v = series(rows, "dl/table")
-    ax.plot(s, v, color="C3", label="dl/table")
+    ax.plot(s, v, color="C3", label="dl/table (prequential)")
+    for key, label, color in (("dl/two_part", "dl/two_part (weights + data)", "C4"),
+                              ("dl/model", "dl/model (the weights, entropy-coded)", "C5")):
+        s, v = series(rows, key)
+        if s:
+            ax.plot(s, v, color=color, label=label)
     for key, label, style in (("dl/table_raw", "raw (answers uniform)", ":"), ("dl/table_floor", "floor", "--")):
         val = next((r[key] for r in rows if key in r), None)
         if val is not None:
             ax.axhline(val, color="gray", linestyle=style, label=label)
-    ax.set_ylabel("description length of the table (bits)")
+    ax.set_ylabel("description length (bits)")
+    ax.set_yscale("log")
 
     ax = axes[2]
     for key, label in (("val/bits_example", "held-out"), ("bits/revisit_example", "train rows, revisited"),

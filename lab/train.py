@@ -36,6 +36,7 @@ from lab.module import LabModule
 from lab.plots import grokking_figure, stream_figure
 from lab.probes import GrokkingProbes
 from lab.tasks import make_task
+from lab.twopart import TwoPart
 
 
 class _NoAdverts(logging.Filter):
@@ -172,7 +173,8 @@ def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
                               cfg.train.eval_every, guard=lambda m: bits.check(m, weights=True))
     probes = GrokkingProbes(task)
-    callbacks = [bits, probes, Report(), checkpoints]
+    twopart = TwoPart(task)
+    callbacks = [bits, probes, twopart, Report(), checkpoints]
     if cfg.log.progress_bar:
         callbacks.append(ProgressBar(refresh_rate=10))
     callbacks += extra_callbacks or []
@@ -222,6 +224,7 @@ def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
         "interrupted": checkpoints.stop_requested,
         **{k: v for k, v in module.last_eval.items() if k.startswith(("val/", "train/"))},
         **bits.last_dl,
+        **twopart.last,
         **{k: v for k, v in probes.last.items() if not k.startswith("grok/fourier/")},
         **bits.totals(),
     }
