@@ -138,8 +138,9 @@ def cmd_report(args: list[str]) -> int:
     ns = ap.parse_args(args)
     r = report(ns.path)
     if r["kind"] == "sweep":
-        print(f"{r['runs']} runs varying {', '.join(r['varying']) or 'nothing'}: final {r['metric']} against "
-              f"validation accuracy, Spearman rho = {r['spearman']:.3f}")
+        rhos = ", ".join(f"{m} {rho:.3f}" for m, rho in r["spearman_by_measure"].items())
+        print(f"{r['runs']} runs varying {', '.join(r['varying']) or 'nothing'}: Spearman rho of final "
+              f"compression against validation accuracy: {rhos}")
     else:
         print("\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in r["final"].items()))
     print(f"figure {r['figure']}; tables report.csv, report.md beside it")

@@ -46,7 +46,10 @@ def spearman(x: list[float], y: list[float]) -> float:
 FINAL = ["step", "examples_seen", "val/exact_match", "val/certified_exact", "val/chain_exact_min",
          "val/clean_exact_match", "train/exact_match", "val/loss",
          "bits/total", "bits/floor", "bits/epistemic", "bits/example", "dl/table", "dl/table_epistemic",
-         "dl/table_raw"]
+         "dl/table_raw", "dl/model", "dl/two_part"]
+# compression measures a sweep is scored by, when every run has them: the prequential description length
+# of the table, the two-part code and its weights part (which never reads the held-out rows), the rate
+MEASURES = ("dl/table", "dl/two_part", "dl/model", "bits/example")
 
 
 def final_figures(rows: list[dict]) -> dict:
@@ -82,27 +85,29 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     for r in sorted(runs):
         rows = read_metrics(r / "metrics.jsonl")
         table.append({"run": r.name, **{k: flat[r].get(k) for k in varying}, **final_figures(rows)})
-    metric = "dl/table" if all("dl/table" in t for t in table) else "bits/example"
+    measures = [m for m in MEASURES if all(t.get(m) is not None for t in table)][:3]
     label = lambda t: ", ".join(str(t[k]) for k in varying) or t["run"]  # noqa: E731
-    pts = [(t[metric], t["val/exact_match"], label(t)) for t in table
-           if all(t.get(k) is not None and math.isfinite(t[k]) for k in (metric, "val/exact_match"))]
-    rho = spearman([p[0] for p in pts], [p[1] for p in pts])
     write_table(table, sweep_dir / "report")
-    fig, ax = plt.subplots(figsize=(7, 5))
-    if pts:
+    rhos = {}
+    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(6 * max(1, len(measures)), 5), squeeze=False)
+    for ax, metric in zip(axes[0], measures):
+        pts = [(t[metric], t["val/exact_match"], label(t)) for t in table
+               if all(t.get(k) is not None and math.isfinite(t[k]) for k in (metric, "val/exact_match"))]
+        rhos[metric] = spearman([p[0] for p in pts], [p[1] for p in pts])
         ax.scatter([p[0] for p in pts], [p[1] for p in pts])
         for x, y, name in pts:
             ax.annotate(name, (x, y), fontsize=7, alpha=0.8, xytext=(4, -3), textcoords="offset points")
-    ax.set_xlabel(f"final {metric} (bits)")
-    ax.set_ylabel("final validation accuracy (exact match)")
+        ax.set_xlabel(f"final {metric} (bits)")
+        ax.set_ylabel("final validation accuracy (exact match)")
+        ax.set_title(f"{len(pts)} runs, Spearman rho = {rhos[metric]:.3f}", fontsize=10)
     keys = ", ".join(k.split(".")[-1] for k in varying)
-    title = f"{sweep_dir.name}: {len(pts)} runs, Spearman rho = {rho:.3f}"
-    ax.set_title(title + (f"\npoints: ({keys})" if keys else ""), fontsize=10)
+    fig.suptitle(sweep_dir.name + (f"; points: ({keys})" if keys else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(sweep_dir / "report.png", dpi=110)
     plt.close(fig)
-    return {"kind": "sweep", "runs": len(table), "metric": metric, "spearman": rho, "varying": varying,
-            "figure": str(sweep_dir / "report.png")}
+    metric = measures[0] if measures else None
+    return {"kind": "sweep", "runs": len(table), "metric": metric, "spearman": rhos.get(metric, math.nan),
+            "spearman_by_measure": rhos, "varying": varying, "figure": str(sweep_dir / "report.png")}
 
 
 def _flatten(d: dict, prefix: str = ""):

@@ -111,27 +111,31 @@ def data_bits(model, task, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def two_part(model, task, tol: float = 0.05) -> dict[str, float]:
-    """The two-part code of the train split under `model` (left as it was)."""
+def coarsest(model, task, x: torch.Tensor, tol: float) -> tuple[float, dict, dict, float]:
+    """The coarsest scale on the ladder whose bits on rows x stay within tol bits per row of the model's
+    -> (scale, integers, steps, bits of x under the quantized model). The model is left as it was."""
     device = next(model.parameters()).device
-    x = torch.from_numpy(task.eval_sets()["train"]).to(device)  # (N, T)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.eval()
     base = data_bits(model, task, x)
-    best = None
     try:
         for scale in LADDER:
             ints, steps = quantize(state, scale)
             model.load_state_dict({k: v.to(device) for k, v in dequantize(ints, steps).items()})
             bits = data_bits(model, task, x)
-            best = (scale, ints, steps, bits)
             if bits <= base + tol * len(x):
                 break
     finally:
         model.load_state_dict(state)
         model.train(was_training)
-    scale, ints, steps, bits = best
+    return scale, ints, steps, bits
+
+
+def two_part(model, task, tol: float = 0.05) -> dict[str, float]:
+    """The two-part code of the train split under `model` (left as it was)."""
+    x = torch.from_numpy(task.eval_sets()["train"]).to(next(model.parameters()).device)  # (N, T)
+    scale, ints, steps, bits = coarsest(model, task, x, tol)
     model_bits = 32 * len(encode_weights(ints, steps))
     return {"dl/model": float(model_bits), "dl/data_given_model": bits, "dl/two_part": model_bits + bits,
             "dl/model_scale": scale}

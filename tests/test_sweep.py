@@ -84,6 +84,7 @@ def test_local_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkey
     assert [r["status"] for r in again] == ["skipped (finished)", "failed (exit 2)", "skipped (finished)"]
     rep = report(tmp_path / "runs/tiny")
     assert rep["kind"] == "sweep" and rep["runs"] == 2 and rep["metric"] == "dl/table"
+    assert set(rep["spearman_by_measure"]) == {"dl/table", "dl/two_part", "dl/model"}  # 2 runs: nan each
     assert rep["varying"] == ["task.train_fraction"]
     for f in ("report.csv", "report.md", "report.png"):
         assert (tmp_path / "runs/tiny" / f).exists()
