@@ -84,6 +84,8 @@ class LabModule(L.LightningModule):
         logits = self.model(x[:, :-1])  # (B, T-1, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
         trained = nll.index_select(1, self.trained_idx)  # (B, M)
+        if world == 1 and n_global in (None, len(x)):  # one process (the same float ops as ever)
+            return trained.mean(), logits
         return trained.sum() * (world / ((n_global or len(x)) * trained.shape[1])), logits
 
     def step(self, x: torch.Tensor, opt, sched, step: int, n_global: int | None = None, world: int = 1,
@@ -107,8 +109,9 @@ class LabModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(loss)
         self._grokfast()
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        if self.cfg.train.grad_clip:  # over the optimizer's parameters, in its order (as Lightning clipped)
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         opt.step()
         sched.step()
         return loss.detach(), nats
