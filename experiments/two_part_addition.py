@@ -12,6 +12,7 @@ them by replaying the training program. Prints one table in Mbit and bits per ex
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,7 +46,12 @@ def main() -> None:
     model.load_state_dict(dequantize(ints, qsteps))
     data = sum(data_bits(model, task, torch.from_numpy(task.train_batch(s, B).x)) for s in range(steps))
     n = steps * B
-    logged = [r for r in read_metrics(run / "metrics.jsonl") if "bits/total" in r][-1]
+    summary = run / "summary.json"  # the run's final counters; else its last metrics row
+    logged = json.loads(summary.read_text()) if summary.exists() else \
+        [r for r in read_metrics(run / "metrics.jsonl") if "bits/total" in r][-1]
+    if logged["bits/examples"] != steps * B:
+        raise SystemExit(f"{run}: the logged bits cover {logged['bits/examples']:.0f} examples, the checkpoint "
+                         f"{steps * B}: use a run that ended at a log step or with a summary.json")
     floor = n * task.floor_bits_per_example
     print(f"{run}: {n} examples, {sum(q.size for q in ints.values())} weights at {scale} std per tensor\n")
     print("| code | Mbit | bits/example | above the floor, Mbit |\n|---|---|---|---|")
