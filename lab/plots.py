@@ -157,8 +157,9 @@ def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list
             twin.plot(*zip(*pts), color="C1" if key.startswith("val") else "C2", linestyle=style, label=label)
     twin.set_ylim(-0.02, 1.02)
     twin.set_ylabel("exact match")
-    twin.legend(loc="center right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+    for a, where in ((twin, "center right"), (ax, "upper right")):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc=where, fontsize=8)
     epistemic = last(rows, "bits/epistemic")
     ax.set_title(f"{run_dir.name}: {(epistemic or 0) / 1e6:.3f} Mbit above the floor", fontsize=10)
 
