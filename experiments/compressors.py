@@ -70,7 +70,7 @@ def main() -> None:
             task = make_task(cfg)
             for n in args.sizes:
                 # the largest batch <= the config's that divides N: every command sees exactly N examples
-                batch = max(d for d in range(1, (cfg.train.batch_size or len(task.train_idx)) + 1) if n % d == 0)
+                batch = max(d for d in range(1, task.batch_size(cfg.train.batch_size) + 1) if n % d == 0)
                 overrides = [*TASKS[name][1], f"train.batch_size={batch}"]
                 text = tmp / f"{name}-{n}.txt"
                 lab("dump", config, *overrides, "--examples", str(n), "-o", str(text))

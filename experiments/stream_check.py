@@ -89,7 +89,7 @@ def check(cfg: Config, steps: int, work: Path) -> dict:
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.stop_at = steps, steps, None
     totals = train(cfg).bits.totals()
     task = make_task(cfg)
-    batch = cfg.train.batch_size or len(task.train_idx)
+    batch = task.batch_size(cfg.train.batch_size)
     n = sum(len(task.schedule(step, batch)[0]) for step in range(steps))  # (an epoch may end in a short batch)
     stats = compress(cfg, n, work / "s.clab")
     decompress(work / "s.clab", work / "back.txt")

@@ -69,9 +69,9 @@ class NonFiniteError(RuntimeError):
 
 
 class Bits(L.Callback):
-    def __init__(self, task, log_every: int, run_dir: Path | None = None, batch_size: int | None = None):
+    def __init__(self, task, log_every: int, run_dir: Path | None = None, batch_size: int = 0):
         self.task, self.every, self.run_dir = task, log_every, run_dir
-        self.batch_size = batch_size or (len(task.train_idx) if task.finite else None)  # global batch
+        self.batch_size = task.batch_size(batch_size)  # the global batch (which rows a step sends)
         self.coded = np.flatnonzero(task.sent)  # (M,) the sent target positions
         self.M = len(self.coded)
         self.by_model = task.model_coded[self.coded]  # (M,) sent by the model (else by the task's law)

@@ -94,7 +94,7 @@ class Replay:
         self.module.per_token_loss = False  # the coder computes its distributions itself (`Coding`)
         conf = self.module.configure_optimizers()
         self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-        self.batch_size = cfg.train.batch_size or len(self.task.train_idx)
+        self.batch_size = self.task.batch_size(cfg.train.batch_size)
         self.param_checksum_at_start = self.param_checksum()
 
     def param_checksum(self) -> str:
@@ -267,7 +267,7 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
 def dump(cfg: Config, n_examples: int, out: str | Path) -> None:
     """The first n_examples of the training stream as text, one example per line."""
     task = make_task(cfg)
-    batch = cfg.train.batch_size or len(task.train_idx)
+    batch = task.batch_size(cfg.train.batch_size)
     lines, step = [], 0
     while len(lines) < n_examples:
         x = task.train_batch(step, batch).x

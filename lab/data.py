@@ -36,9 +36,7 @@ class LabData(L.LightningDataModule):
     def __init__(self, task: Task, batch_size: int, eval_batch_size: int):
         super().__init__()
         self.task = task
-        if batch_size == 0:  # the whole train split
-            batch_size = len(task.train_idx)
-        self.batch_size = batch_size
+        self.batch_size = task.batch_size(batch_size)
         self.eval_batch_size = eval_batch_size
 
     def train_dataloader(self) -> DataLoader:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lab.loggers import log_metrics
+from lab.module import token_nats
 
 LADDER = [2.0 ** -i for i in range(-1, 11)]  # 2, 1, 1/2, ..., 2^-10 standard deviations
 OFFSET = 2**15  # integers are sent as 16-bit symbols, offset by this
@@ -105,8 +106,7 @@ class TwoPart(L.Callback):
 @torch.no_grad()
 def data_bits(model, task, x: torch.Tensor) -> float:
     """Bits of the sent tokens of rows x (B, T) under `model`, float64."""
-    logp = torch.log_softmax(model(x[:, :-1]).double(), -1)  # (B, T-1, V)
-    nats = -logp.gather(-1, x[:, 1:, None]).squeeze(-1)[:, torch.from_numpy(task.sent).to(x.device)]
+    nats = token_nats(model(x[:, :-1]), x[:, 1:])[:, torch.from_numpy(task.sent).to(x.device)]  # (B, M)
     return float(nats.sum()) / math.log(2)
 
 

@@ -134,6 +134,10 @@ class Task:
         return " ".join(self.vocab[int(t)] for t in row)
 
     # -- data -----------------------------------------------------------------------------------------
+    def batch_size(self, requested: int) -> int:
+        """The global batch size of `train.batch_size` (a table task reads 0 as its whole train split)."""
+        return requested
+
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, new) of batch `step`: which examples it holds and which are seen for the first time.
         Part of the shared algorithm, not of the data: a decoder may know it without the examples."""

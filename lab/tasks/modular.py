@@ -109,10 +109,16 @@ class Finite(Task):
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.train_idx) / batch_size)
 
+    def batch_size(self, requested: int) -> int:
+        return requested or len(self.train_idx)  # 0: the whole train split
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """(n_train,) table indices of the train split in the seeded order of `epoch`."""
+        return self.train_idx[rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))].astype(np.int64)
+
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, j = divmod(step, self.steps_per_epoch(batch_size))
-        order = rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))
-        ids = self.train_idx[order[j * batch_size : (j + 1) * batch_size]].astype(np.int64)
+        ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
         return ids, np.full(len(ids), epoch == 0)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
@@ -124,8 +130,7 @@ class Finite(Task):
 
     def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
         """Epoch 0 sends the train split in its seeded order; later epochs send nothing new."""
-        order = rng_for(self.seed, 4, 0).permutation(len(self.train_idx))
-        return self.train_idx[order[: min(steps * batch_size, len(order))]].astype(np.int64)
+        return self._epoch_order(0)[: steps * batch_size]
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
