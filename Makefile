@@ -11,11 +11,11 @@ RUN     ?=
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-install: ## create .venv: torch==2.13.0 first (CPU wheel), then the lab with its dev extra
+install: ## create .venv: torch pinned by constraints.txt first (the CPU wheel), then the lab with its dev extra
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 
 test: ## fast test suite (excludes tests marked slow)
 	$(PY) -m pytest -q -m "not slow"
@@ -23,7 +23,7 @@ test: ## fast test suite (excludes tests marked slow)
 test-full: ## every test, the slow ones included
 	$(PY) -m pytest -q
 
-lint: ## ruff
+lint: ## ruff (CI runs it before the tests)
 	$(PY) -m ruff check .
 
 addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=value ...' to override)

@@ -6,12 +6,17 @@
     python experiments/bench_addition.py --vs-raw --steps 60          # Lightning + callbacks vs a raw loop
 
 Learning mode: one full run per seed (`lab.train`, every callback the lab uses, bits included; no
-progress bar or wandb), stopping at 99% held-out exact match or at the budget. Per seed it prints
-examples/s and tokens/s (training only: evaluation time excluded), then for 50%, 90% and 99% held-out
-exact match (greedy generation, checked every `train.eval_every` steps): the examples and the wall
-seconds (evaluations included) at the first evaluation that reached it, and the epistemic bits spent by
-then; finally the last windowed bits/example against the floor and the epistemic bits of the whole run.
+progress bar or wandb), stopping at the config's stop rule or at the budget (`--rule` stops at the rule
+instead: 99% exact match on every carry-chain length). Per seed it prints examples/s and tokens/s
+(training only: evaluation time excluded), then for 50%, 90% and 99% held-out exact match (greedy
+generation, checked every `train.eval_every` steps) and for the rule: the examples and the wall seconds
+(evaluations included) at the first evaluation that reached it, and the epistemic bits spent by then;
+finally the last windowed bits/example against the floor and the epistemic bits of the whole run.
 `--append FILE` adds the rows to a markdown results file.
+
+Every mode also prints the machine's own matrix-multiply throughput on the model's shapes (each matmul
+of a training step, forward and backward, timed alone in the same process) and the training's achieved
+FLOP/s as a fraction of it: a figure that carries across machines, unlike wall seconds.
 
 --vs-raw mode: the same model, data and training step (`LabModule.step`) as a plain PyTorch loop, against
 the lab's Lightning run with its callbacks (bits, checkpoints, report; no evaluation in the window); steps
@@ -43,6 +48,52 @@ from lab.tasks import make_task  # noqa: E402
 from lab.train import train  # noqa: E402
 
 LEVELS = (0.5, 0.9, 0.99)
+RULE = 0.99  # exact match on every carry-chain length (val/chain_exact_min)
+
+
+# -- FLOP/s ---------------------------------------------------------------------------------------------
+def matmuls(model: torch.nn.Module, batch: int, T: int) -> list[tuple[int, int, int, int]]:
+    """(count, M, K, N) of the matrix multiplies one training step's forward makes: every linear layer
+    on the B*T rows, and attention's scores and mixing as (B*h) batched (T, d) x (d, T), (T, T) x (T, d)."""
+    out = [(1, batch * T, m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    cfg = model.cfg
+    d = cfg.n_embd // cfg.n_head
+    out += [(cfg.n_layer * batch * cfg.n_head, T, d, T), (cfg.n_layer * batch * cfg.n_head, T, T, d)]
+    return out
+
+
+def train_flops(model: torch.nn.Module, batch: int, T: int) -> float:
+    """FLOPs of one training step: 2 M K N per multiply forward, twice that backward (input and weight)."""
+    return sum(6.0 * c * m * k * n for c, m, k, n in matmuls(model, batch, T))
+
+
+def machine_flops(model: torch.nn.Module, batch: int, T: int, repeats: int = 5) -> tuple[float, float]:
+    """(FLOP/s of this machine on the model's own multiplies, each with its two backward multiplies, timed
+    alone; FLOP/s of a 2048-square multiply), in float32, in this process (same threads)."""
+    def seconds(a: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> float:
+        def once() -> None:
+            a @ w, g @ w.transpose(-1, -2), a.transpose(-1, -2) @ g  # forward, grad input, grad weight
+        once()  # warm
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            once()
+        return (time.perf_counter() - t0) / repeats
+
+    flops = time_ = 0.0
+    for count, m, k, n in matmuls(model, batch, T):
+        time_ += seconds(torch.randn(count, m, k), torch.randn(count, k, n), torch.randn(count, m, n))
+        flops += 6.0 * count * m * k * n
+    big = torch.randn(2048, 2048)
+    square = 3 * 2 * 2048**3 / seconds(big, big, big)  # three multiplies per call
+    return flops / time_, square
+
+
+def flops_line(model: torch.nn.Module, batch: int, T: int, steps_per_second: float) -> str:
+    achieved = train_flops(model, batch, T) * steps_per_second
+    peak, square = machine_flops(model, batch, T)
+    return (f"training {achieved / 1e9:.1f} GFLOP/s ({train_flops(model, batch, T) / batch / 1e6:.1f} MFLOP per "
+            f"example) = {achieved / peak:.2f} of this machine's {peak / 1e9:.1f} GFLOP/s on the model's own "
+            f"multiplies (2048-square: {square / 1e9:.1f} GFLOP/s)")
 
 
 class Clock(L.Callback):
@@ -73,6 +124,7 @@ class Clock(L.Callback):
         self.marks.append({
             "step": trainer.global_step, "examples": pl_module.examples_seen, "seconds": now - self.t0,
             "exact": pl_module.last_eval.get("val/exact_match", 0.0), "epistemic": bits["bits/epistemic"],
+            "rule": pl_module.last_eval.get("val/chain_exact_min", math.nan),
         })
 
 
@@ -94,24 +146,27 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
     for level in LEVELS:
         hit = next((m for m in clock.marks if m["exact"] >= level), None)
         row[level] = hit
+    row["rule"] = next((m for m in clock.marks if m["rule"] >= RULE), None)
+    row["final_rule"] = clock.marks[-1]["rule"] if clock.marks else math.nan
+    row["steps/s"] = (len(clock.step_times) - 1) / (wall - clock.eval_seconds) if len(clock.step_times) > 1 else 0
+    row["model"], row["batch"], row["T"] = res.module.model, task.batch_size(cfg.train.batch_size), task.block_size
     return row
 
 
 def fmt_row(label: str, seed: int, r: dict) -> str:
     cells = [label, str(seed), f"{r['ex/s']:.0f}", f"{r['tok/s'] / 1e3:.1f}k"]
-    for level in LEVELS:
-        hit = r[level]
+    for hit in [r[level] for level in LEVELS] + [r["rule"]]:
         cells += ["-", "-", "-"] if hit is None else [
             f"{hit['examples'] / 1e3:.0f}k", f"{hit['seconds']:.0f}", f"{hit['epistemic'] / 1e6:.2f}"]
-    cells += [f"{r['final_exact']:.4f}", f"{r['seconds']:.0f}", f"{r['bits/ex']:.2f} / {r['floor']:.2f}",
-              f"{r['epistemic'] / 1e6:.2f}"]
+    cells += [f"{r['final_exact']:.4f}", f"{r['final_rule']:.3f}", f"{r['seconds']:.0f}",
+              f"{r['bits/ex']:.2f} / {r['floor']:.2f}", f"{r['epistemic'] / 1e6:.2f}"]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = (
     "| config | seed | ex/s | tok/s | ex@50% | s@50% | Mbit@50% | ex@90% | s@90% | Mbit@90% | ex@99% | s@99% "
-    "| Mbit@99% | final exact | s | bits/ex (floor) | epistemic Mbit |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| Mbit@99% | ex@rule | s@rule | Mbit@rule | final exact | final rule | s | bits/ex (floor) | epistemic Mbit |\n"
+    "|" + "---|" * 21
 )
 
 
@@ -156,6 +211,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=900.0, help="wall-clock seconds per run")
     ap.add_argument("--label", default=None, help="the config's name in the table")
     ap.add_argument("--append", default=None, help="also append the rows to this markdown file")
+    ap.add_argument("--rule", action="store_true", help="stop at the rule (99%% on every carry-chain length)")
     ap.add_argument("--vs-raw", action="store_true", help="throughput: Lightning + callbacks vs a raw loop")
     ap.add_argument("--steps", type=int, default=60, help="--vs-raw: steps timed after --warm steps")
     ap.add_argument("--warm", type=int, default=10)
@@ -165,6 +221,8 @@ def main() -> None:
         args.overrides, args.config = [args.config, *args.overrides], ap.get_default("config")
     label = args.label or " ".join([Path(args.config).stem, *args.overrides])
     base = ["log.wandb=false", "log.progress_bar=false", "log.dir=runs/bench"]
+    if args.rule:
+        base += ["train.stop_metric=val/chain_exact_min", f"train.stop_at={RULE}"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
 
@@ -180,18 +238,22 @@ def main() -> None:
         lab, raw = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         print(f"\n| config | batch | lab steps/s | raw steps/s | lab / raw |\n|---|---|---|---|---|\n"
               f"| {label} | {cfg.train.batch_size} | {lab:.3f} | {raw:.3f} | {lab / raw:.3f} |")
+        task = make_task(cfg)
+        model = LabModule(cfg, task).model
+        print(flops_line(model, task.batch_size(cfg.train.batch_size), task.block_size, lab))
         return
 
-    lines = []
+    lines, flops = [], []
     for seed in args.seeds:
         cfg = load(args.config, [*base, *args.overrides, f"seed={seed}"])
         row = learn(cfg, args.budget, f"{Path(args.config).stem}-s{seed}")
         lines.append(fmt_row(label, seed, row))
+        flops.append(f"seed {seed}: " + flops_line(row["model"], row["batch"], row["T"], row["steps/s"]))
         print(f"{lines[-1]}\n  {row['run_dir']}: {row['steps']} steps, evaluation {row['eval_seconds']:.0f} s "
-              f"of {row['seconds']:.0f} s", flush=True)
+              f"of {row['seconds']:.0f} s\n  {flops[-1]}", flush=True)
     table = "\n".join(lines)
-    print(f"\nbudget {args.budget:.0f} s per run; Mbit = epistemic bits (above the floor) spent by then\n"
-          f"{HEADER}\n{table}")
+    print(f"\nbudget {args.budget:.0f} s per run; Mbit = epistemic bits (above the floor) spent by then; the rule: "
+          f"{RULE:.0%} exact match on every carry-chain length\n{HEADER}\n{table}\n" + "\n".join(flops))
     if args.append:
         with open(args.append, "a") as f:
             f.write(table + "\n")

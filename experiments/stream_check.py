@@ -24,19 +24,20 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from lab.coder import compress, decompress, dump  # noqa: E402
 from lab.config import Config, load  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
+from lab.tasks import TASKS, make_task  # noqa: E402
 from lab.train import train  # noqa: E402
 
 QUIET = ["log.wandb=false", "log.progress_bar=false", "train.threads=1"]
-# a few small batches of each config's own model and task
-CONFIGS = {
-    "addition.yaml": ["train.batch_size=16"],
+# a few small batches of each config's own model and task: every file in configs/ (a new one needs no entry
+# here unless its defaults are too slow for a test)
+SMALLER = {
     "addition-reference.yaml": ["train.batch_size=8"],
     "grokking.yaml": ["train.batch_size=64"],
     "grokking-power.yaml": ["train.batch_size=64"],
     "grokking-s5.yaml": ["train.batch_size=64"],
     "grokking-nanda.yaml": ["task.p=23", "train.batch_size=0"],
 }
+CONFIGS = {p.name: SMALLER.get(p.name, ["train.batch_size=16"]) for p in sorted((ROOT / "configs").glob("*.yaml"))}
 TINY_ADDITION = ["configs/addition.yaml", "task.n_digits=3", "task.n_heldout=200", "model.preset=gpt-nano",
                  "model.n_layer=2", "train.batch_size=32", "train.warmup_steps=2"]
 TINY_MODULAR = ["configs/grokking.yaml", "task.p=11", "train.batch_size=16", "model.preset=gpt-nano", "model.n_layer=1"]
@@ -76,12 +77,17 @@ def rows() -> dict[str, list[str]]:
                 for i, op in enumerate(MODULAR_OPS)})
     out.update({"s5 " + " ".join(map(str, g)): s5_grid(*g) for g in S5_GRID})
     out.update({"addition " + " ".join(o): [*TINY_ADDITION, "train.lr=3e-3", *o] for o in OTHER})
+    for name, task in sorted(TASKS.items()):  # every registered task's small instance, both ways of coding it
+        small = [f"task.{k}={v}" for k, v in task.small.items()]
+        for loss_on in ("all", "answer"):
+            out[f"{name} small loss_on={loss_on}"] = [None, f"task.name={name}", *small, f"task.loss_on={loss_on}",
+                                                      "model.preset=gpt-nano", "model.n_layer=1", "train.batch_size=16"]
     return out
 
 
 def make_config(spec: list[str], run_dir: Path) -> Config:
     config, *overrides = spec
-    return load(ROOT / config, [*overrides, *QUIET, f"log.dir={run_dir}", "log.name=t"])
+    return load(config and ROOT / config, [*overrides, *QUIET, f"log.dir={run_dir}", "log.name=t"])
 
 
 def check(cfg: Config, steps: int, work: Path) -> dict:

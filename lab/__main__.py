@@ -1,6 +1,7 @@
 """Command line: `python -m lab COMMAND ...`.
 
     train [CONFIG] [key=value ...]                              train (or resume) a run
+    tasks                                                       the registered tasks, their options and floors
     compress CONFIG [key=value ...] --examples N -o FILE        arithmetic-code the training stream
     decompress FILE -o OUT                                      rebuild the stream by replaying training
     dump CONFIG [key=value ...] --examples N -o FILE            the stream as text, one example per line
@@ -13,6 +14,8 @@
     python -m lab train configs/addition.yaml train.resume=runs/...      # the same, config checked
 
 A bad configuration prints one line naming the key and exits with code 2, before anything is written.
+`python -m lab COMMAND --help` explains a command; for train, compress and dump it lists every config key
+with its type or choices, default and meaning.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ import sys
 from pathlib import Path
 
 from lab.config import ConfigError, load
+
+
+def _parser(prog: str, description: str, config_keys: bool = False) -> argparse.ArgumentParser:
+    """A command's parser; with `config_keys`, its --help ends with every config key, documented."""
+    from lab.config import help_text
+
+    return argparse.ArgumentParser(prog=f"python -m lab {prog}", description=description,
+                                   epilog=help_text() if config_keys else None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
@@ -34,7 +46,10 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 def cmd_train(args: list[str]) -> int:
     from lab.train import resume_config, train
 
-    path, overrides = _split(args)
+    ap = _parser("train", "Train a run, or resume one (train.resume=RUN_DIR). A CONFIG is a YAML file "
+                 "(configs/*.yaml); key=value overrides it.", config_keys=True)
+    ap.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    path, overrides = _split(ap.parse_args(args).args)
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.resume=")), None)
     if path is None and resume is None:
         raise ConfigError("config: give a config file (configs/*.yaml) or train.resume=RUN_DIR")
@@ -59,11 +74,11 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
-def _stream_args(args: list[str], prog: str) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=f"python -m lab {prog}")
-    ap.add_argument("config")
-    ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--examples", type=int, required=True)
+def _stream_args(args: list[str], prog: str, description: str) -> argparse.Namespace:
+    ap = _parser(prog, description, config_keys=True)
+    ap.add_argument("config", help="a YAML file (configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value")
+    ap.add_argument("--examples", type=int, required=True, help="examples of the training stream")
     ap.add_argument("-o", "--output", required=True)
     ns = ap.parse_args(args)
     if ns.examples < 1:
@@ -75,7 +90,8 @@ def _stream_args(args: list[str], prog: str) -> argparse.Namespace:
 def cmd_compress(args: list[str]) -> int:
     from lab.coder import compress
 
-    ns = _stream_args(args, "compress")
+    ns = _stream_args(args, "compress", "Arithmetic-code the first N examples of a config's training stream "
+                      "(the sender trains as it codes; `decompress` replays it).")
     s = compress(ns.cfg, ns.examples, ns.output)
     print(f"{ns.output}: {s.examples} examples, {s.coded_tokens} coded tokens, {s.code_bits} bits "
           f"({s.code_bits / s.examples:.2f} bits/example; ideal {s.ideal_bits / s.examples:.2f}) in {s.seconds:.1f} s "
@@ -86,7 +102,7 @@ def cmd_compress(args: list[str]) -> int:
 def cmd_decompress(args: list[str]) -> int:
     from lab.coder import CodecError, decompress
 
-    ap = argparse.ArgumentParser(prog="python -m lab decompress")
+    ap = _parser("decompress", "Rebuild a stream from a `compress` file by replaying the training it records.")
     ap.add_argument("file")
     ap.add_argument("-o", "--output", required=True)
     ns = ap.parse_args(args)
@@ -103,7 +119,8 @@ def cmd_decompress(args: list[str]) -> int:
 def cmd_dump(args: list[str]) -> int:
     from lab.coder import dump
 
-    ns = _stream_args(args, "dump")
+    ns = _stream_args(args, "dump", "Write the first N examples of a config's training stream as text, one per "
+                      "line (what the classical compressors are given).")
     dump(ns.cfg, ns.examples, ns.output)
     return 0
 
@@ -111,7 +128,8 @@ def cmd_dump(args: list[str]) -> int:
 def cmd_sweep(args: list[str]) -> int:
     from lab.sweep import run_sweep, sweep_name
 
-    ap = argparse.ArgumentParser(prog="python -m lab sweep")
+    ap = _parser("sweep", "Run a W&B sweep file locally, one run after another, with the runs W&B would "
+                 "make of it; then report the sweep. Relaunching skips finished runs and resumes the others.")
     ap.add_argument("file")
     ap.add_argument("overrides", nargs="*", help="key=value added to every run")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time (1 is fastest on 2 cores)")
@@ -133,8 +151,8 @@ def cmd_sweep(args: list[str]) -> int:
 def cmd_report(args: list[str]) -> int:
     from lab.report import report
 
-    ap = argparse.ArgumentParser(prog="python -m lab report")
-    ap.add_argument("path")
+    ap = _parser("report", "Tables and figures from a run's or a sweep's local metrics.")
+    ap.add_argument("path", help="a run directory or a sweep directory")
     ns = ap.parse_args(args)
     r = report(ns.path)
     if r["kind"] == "sweep":
@@ -150,7 +168,8 @@ def cmd_report(args: list[str]) -> int:
 def cmd_dashboard(args: list[str]) -> int:
     from lab.dashboard import main as dashboard
 
-    ap = argparse.ArgumentParser(prog="python -m lab dashboard")
+    ap = _parser("dashboard", "The wandb workspace as code: offline, validate and describe it; --save "
+                 "creates it online.")
     ap.add_argument("--entity", default=None)
     ap.add_argument("--project", default="compression-lab")
     ap.add_argument("--save", action="store_true")
@@ -158,14 +177,35 @@ def cmd_dashboard(args: list[str]) -> int:
     return dashboard(ns.entity, ns.project, ns.save)
 
 
-COMMANDS = {"train": cmd_train, "compress": cmd_compress, "decompress": cmd_decompress, "dump": cmd_dump,
-            "sweep": cmd_sweep, "report": cmd_report, "dashboard": cmd_dashboard}
+def cmd_tasks(args: list[str]) -> int:
+    from lab.config import describe
+    from lab.tasks import TASKS
+
+    ap = _parser("tasks", "The registered tasks: layout, options (with defaults) and floors at the defaults.")
+    ap.parse_args(args)
+    for name, cls in sorted(TASKS.items()):
+        cfg = cls.Config()
+        task = cls.from_config(cfg, seed=0)
+        kind = "table, revisited for epochs" if task.finite else "endless stream"
+        print(f"{name}: {cls.summary()}")
+        example = task.decode(task.eval_sets()["val"][0])
+        print(f"  {kind}; {task.seq_len} tokens, {task.vocab_size}-token vocabulary; floor "
+              f"{task.floor_bits_per_example:.2f} bits/example at the defaults; e.g. {example}")
+        for key, kind, doc in describe(type(cfg), "task."):
+            print(f"  {key} ({kind}): {doc}")
+        print()
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "tasks": cmd_tasks, "compress": cmd_compress, "decompress": cmd_decompress,
+            "dump": cmd_dump, "sweep": cmd_sweep, "report": cmd_report, "dashboard": cmd_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS), help="python -m lab COMMAND --help explains one")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]")
     ns = parser.parse_args(argv)
     from lab.bits import NonFiniteError

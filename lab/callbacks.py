@@ -146,7 +146,54 @@ class Report(L.Callback):
 
 
 class ProgressBar(TQDMProgressBar):
-    """The training bar only (no bar per evaluation), values with 4 significant digits, no v_num."""
+    """The training bar only (no bar per evaluation), values with 4 significant digits, no v_num.
+
+    Progress that fits the run: the lab's data is one endless stream of steps, so Lightning's "Epoch 0,
+    1500/8000" (an epoch that never ends, an ETA to max_steps the run stops long before) is replaced by
+    the step with its budget, the examples seen (a stream task) or the epochs of the train split (a table
+    task), and the stop rule with how far it is: no total, no ETA.
+
+        step 1500/<=8000 | 384.0k examples | val/exact_match 0.973 (stop at 0.99) [11:37, 2.15step/s, ...]
+    """
+
+    def __init__(self, task, batch_size: int, max_steps: int, stop_metric: str, stop_at: float | None,
+                 refresh_rate: int = 10):
+        super().__init__(refresh_rate=refresh_rate)
+        self.task, self.batch_size, self.max_steps = task, batch_size, max_steps
+        self.stop_metric, self.stop_at = stop_metric, stop_at
+
+    def describe(self, trainer, pl_module) -> str:
+        step = trainer.global_step
+        parts = [f"step {step}/<={self.max_steps}"]
+        if self.task.finite:
+            parts.append(f"epoch {step / self.task.steps_per_epoch(self.batch_size):.1f}")
+        else:
+            parts.append(f"{fmt_count(pl_module.examples_seen)} examples")
+        if self.stop_at is not None:
+            value = trainer.callback_metrics.get(self.stop_metric)
+            shown = "-" if value is None else f"{float(value):.3f}"
+            parts.append(f"{self.stop_metric} {shown} (stop at {self.stop_at:g})")
+        return " | ".join(parts)
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.unit = "step"
+        bar.bar_format = "{desc} [{elapsed}, {rate_fmt}{postfix}]"
+        return bar
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        bar = self.train_progress_bar
+        bar.reset(total=None)  # no total, so no ETA
+        bar.n = bar.last_print_n = trainer.global_step  # a resumed run continues its count
+        bar.set_description(self.describe(trainer, trainer.lightning_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.is_enabled and step % self.refresh_rate == 0:
+            bar = self.train_progress_bar
+            bar.n = step
+            bar.set_description(self.describe(trainer, pl_module), refresh=False)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def init_validation_tqdm(self):
         bar = super().init_validation_tqdm()

@@ -62,6 +62,8 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
+    fused: bool | None = None  # scaled_dot_product_attention (True) or explicit (False); None: fused on CUDA
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
@@ -102,7 +104,8 @@ class CausalSelfAttention(nn.Module):
         if not causal and T != 1:
             raise ValueError("with a cache, feed the whole sequence or one token at a time")
         p = self.dropout if self.training else 0.0
-        if q.is_cuda:
+        fused = q.is_cuda if self.fused is None else self.fused
+        if fused:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)  # (B, h, t, d)
         else:  # on CPU, explicit attention is faster for short rows (in bf16, 3x the whole step)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, t, past + t)

@@ -6,7 +6,8 @@
         positions.csv        per predicted position: floor, total and excess bits (at the end)
         summary.json         final figures of the run
         grokking.png         finite tasks: accuracy, dl/table and losses against steps
-        addition.png         stream tasks: bits against examples, certificates, emergence, the rule
+        <task>.png           stream tasks (addition.png, ...): bits against examples, certificates,
+                             emergence, the rule
         checkpoints/         last.ckpt and the latest periodic step-*.ckpt
         wandb/               the wandb run (offline unless wandb is set up)
 """
@@ -35,7 +36,7 @@ from lab.loggers import JsonlLogger, make_wandb_logger, write_atomic
 from lab.module import LabModule
 from lab.plots import grokking_figure, stream_figure
 from lab.probes import GrokkingProbes
-from lab.tasks import make_task
+from lab.tasks import Task, make_task
 from lab.twopart import TwoPart
 
 
@@ -144,29 +145,38 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
     return Path(cfg.log.dir) / name, None, None
 
 
+def build(cfg: Config) -> tuple[Task, LabModule]:
+    """The task and the seeded module, before anything is written: a failure here is a start-up error
+    (ConfigError, naming the key where the message does) and leaves no run directory behind."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        task = make_task(cfg)
+        return task, LabModule(cfg, task)
+    except (ValueError, MemoryError) as e:
+        msg = str(e) or type(e).__name__
+        raise ConfigError(msg if msg.split(":")[0].count(".") == 1 else f"config: {msg}") from None
+
+
 def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:
     run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
+    task, module = build(cfg)
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     lock = RunLock(run_dir)
     if rank0:  # (DDP workers are launched by rank 0 and write nothing of their own)
         lock.acquire("train.resume" if ckpt else "log.name")
     try:
-        return _train(cfg, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
+        return _train(cfg, task, module, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
     finally:
         lock.release()
 
 
-def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None, rank0: bool,
-           extra_callbacks: list | None) -> RunResult:
+def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
+           rank0: bool, extra_callbacks: list | None) -> RunResult:
     if rank0:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
     data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
 
     bits = Bits(task, cfg.log.every, run_dir, data.batch_size)
@@ -176,7 +186,8 @@ def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
     twopart = TwoPart(task)
     callbacks = [bits, probes, twopart, Report(), checkpoints]
     if cfg.log.progress_bar:
-        callbacks.append(ProgressBar(refresh_rate=10))
+        tr = cfg.train
+        callbacks.append(ProgressBar(task, data.batch_size, tr.max_steps, tr.stop_metric, tr.stop_at, refresh_rate=10))
     callbacks += extra_callbacks or []
     loggers = [JsonlLogger(run_dir / "metrics.jsonl", keep_until=ckpt_step)]
     if cfg.log.wandb:
@@ -232,6 +243,6 @@ def _train(cfg: Config, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
         if task.finite:
             summary["marks"] = grokking_figure(run_dir)
         elif (run_dir / "metrics.jsonl").exists():
-            stream_figure(run_dir)  # addition.png
+            stream_figure(run_dir, run_dir / f"{task.name}.png")  # addition.png, multiplication.png
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return RunResult(run_dir, module, trainer, bits, summary)

@@ -3,17 +3,19 @@ rows are read off the run's own evaluations and bits; experiments/carry_chains.p
 as column addition does."""
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_addition
 
 from lab.loggers import read_metrics
 from lab.tasks.addition import longest_chain
 from lab.train import train
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 spec = importlib.util.spec_from_file_location("bench_addition", Path(ROOT) / "experiments" / "bench_addition.py")
 bench = importlib.util.module_from_spec(spec)
@@ -21,7 +23,7 @@ spec.loader.exec_module(bench)
 
 
 @pytest.mark.parametrize("position", ["absolute", "coupled"])
-def test_raw_loop_trains_exactly_like_the_lab(tmp_path, position):
+def test_raw_loop_trains_exactly_like_the_lab(tmp_path, position, tiny_addition):
     """Same weights after 12 steps (warmup, cosine, clipping): the --vs-raw ratio compares like with like."""
     over = ["train.max_steps=12", "train.eval_every=100", "train.lr=3e-3", "train.schedule=cosine",
             "train.decay_steps=12", "train.grad_clip=0.5", f"model.position={position}"]
@@ -37,7 +39,7 @@ def test_raw_loop_trains_exactly_like_the_lab(tmp_path, position):
     assert moved  # the comparison is not between two untrained models
 
 
-def test_learn_reads_levels_and_bits_from_the_run(tmp_path):
+def test_learn_reads_levels_and_bits_from_the_run(tmp_path, tiny_addition):
     cfg = tiny_addition(tmp_path, "train.max_steps=60", "train.lr=3e-3", "train.stop_at=null")
     row = bench.learn(cfg, budget=600, name="t")
     evals = [r for r in read_metrics(Path(row["run_dir"]) / "metrics.jsonl") if "val/exact_match" in r]
@@ -46,6 +48,9 @@ def test_learn_reads_levels_and_bits_from_the_run(tmp_path):
     for level in bench.LEVELS:  # the first evaluation at or above the level, or None
         hit = next((r for r in evals if r["val/exact_match"] >= level), None)
         assert (row[level] or {}).get("step") == (hit or {}).get("step")
+    assert [m["rule"] for m in row["marks"]] == [r["val/chain_exact_min"] for r in evals]  # the rule's marks
+    hit = next((r for r in evals if r["val/chain_exact_min"] >= bench.RULE), None)
+    assert (row["rule"] or {}).get("step") == (hit or {}).get("step")
     epistemic = [m["epistemic"] for m in row["marks"]]
     assert epistemic[-1] == pytest.approx(row["epistemic"])  # the last evaluation is at the last step
     assert row["final_exact"] == evals[-1]["val/exact_match"]
@@ -54,7 +59,7 @@ def test_learn_reads_levels_and_bits_from_the_run(tmp_path):
     assert line.count("|") == bench.HEADER.splitlines()[0].count("|")
 
 
-def test_budget_stops_the_run(tmp_path):
+def test_budget_stops_the_run(tmp_path, tiny_addition):
     row = bench.learn(tiny_addition(tmp_path, "train.max_steps=1000"), budget=0, name="t")
     assert row["steps"] == 1
 
@@ -83,10 +88,52 @@ def test_longest_carry_chain():
     assert longest_chain(a, b, 6).tolist() == [by_hand(x, y) for x, y in zip(a, b)]
 
 
-def test_carry_chains_report(tmp_path, monkeypatch, capsys):
+def test_carry_chains_report(tmp_path, monkeypatch, capsys, tiny_addition):
     run = train(tiny_addition(tmp_path, "train.max_steps=10")).run_dir
     monkeypatch.setattr("sys.argv", ["carry_chains.py", str(run), "--n", "300"])
     chains.main()
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if re.match(r"\| \d+ \|", line)]
     assert rows and sum(int(r[2]) for r in rows) == 300  # every sampled sum is in one row
     assert all(0 <= float(r[4]) <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("config", ["configs/addition.yaml", "configs/grokking.yaml"])
+def test_flop_count_is_torchs(config):
+    """The benchmark's FLOPs per training step equal what torch's FlopCounterMode counts for the model's
+    forward and backward, and the machine's throughput on those multiplies is measured."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lab.config import load
+    from lab.module import LabModule
+    from lab.tasks import make_task
+
+    cfg = load(f"{ROOT}/{config}", ["train.batch_size=8"])
+    task = make_task(cfg)
+    model = LabModule(cfg, task).model
+    x = torch.from_numpy(task.train_batch(0, 8).x)
+    with FlopCounterMode(display=False) as counter:
+        model(x[:, :-1]).sum().backward()
+    assert bench.train_flops(model, 8, task.block_size) == counter.get_total_flops()
+    peak, square = bench.machine_flops(model, 8, task.block_size, repeats=1)
+    assert peak > 1e8 and square > 1e8
+
+
+def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, tmp_path, monkeypatch):
+    """experiments/bench_bits.py: windows alternate on, off, on, off after the warm-up; while off, the
+    bits callback counts nothing and the step skips the float64 per-token loss."""
+    spec = importlib.util.spec_from_file_location("bench_bits", Path(ROOT) / "experiments" / "bench_bits.py")
+    bench_bits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_bits)
+    seen = []
+    step = bench_bits.SwitchedBits.on_train_batch_end
+
+    def spy(self, trainer, pl_module, outputs, *args):
+        seen.append((trainer.global_step, self.on, pl_module.per_token_loss, outputs is not None))
+        step(self, trainer, pl_module, outputs, *args)
+
+    monkeypatch.setattr(bench_bits.SwitchedBits, "on_train_batch_end", spy)
+    costs = bench_bits.measure(tiny_modular(tmp_path), warm=4, window=3, pairs=2)
+    assert len(costs) == 2 and all(math.isfinite(c) for c in costs)  # (3-step windows: noise, not a figure)
+    timed = [(s, on) for s, on, _, _ in seen if s > 4]
+    assert [on for _, on in timed] == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    assert all(on == per_token for _, on, per_token, _ in seen if _ > 4)

@@ -2,15 +2,17 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_addition, tiny_modular
 
 from lab.loggers import read_metrics
 from lab.train import train
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def sent_bits(model, x, task) -> torch.Tensor:
@@ -36,7 +38,7 @@ class Recompute(L.Callback):
         self.after += float(sent_bits(pl_module.model, batch["x"], pl_module.task)[batch["new"]].sum())
 
 
-def test_bits_are_taken_before_the_step(tmp_path):
+def test_bits_are_taken_before_the_step(tmp_path, tiny_addition):
     """bits/total is the code under the model before it learned from each batch (what a receiver can
     decode), not after: the two differ by far more than the tolerance."""
     rec = Recompute()
@@ -52,7 +54,7 @@ def test_bits_are_taken_before_the_step(tmp_path):
     assert t["bits/model"] == t["bits/total"]  # loss on every token: the model sends everything
 
 
-def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path):
+def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path, tiny_addition):
     """With the loss on the answer, the operands are sent by the task's law: bits/total = the operands'
     exact law cost (log2 of the number of pairs the stream can yield, for every example) + the model's
     answer bits; their excess is zero but for the realised-vs-expected spread of single positions."""
@@ -69,7 +71,7 @@ def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path):
         assert abs(t[f"bits/excess/{name}"]) < 1e-6 * t[f"bits/pos/{name}"] + 0.5  # realised vs expected
 
 
-def test_windowed_rates_and_ratios(tmp_path):
+def test_windowed_rates_and_ratios(tmp_path, tiny_addition):
     result = train(tiny_addition(tmp_path))
     rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "bits/example" in r]
     r1, r2 = rows[-2], rows[-1]
@@ -83,7 +85,7 @@ def test_windowed_rates_and_ratios(tmp_path):
     assert r2["bits/epistemic_example"] == pytest.approx(r2["bits/example"] - r2["bits/floor_example"])
 
 
-def test_revisited_examples_are_not_coded_again(tmp_path):
+def test_revisited_examples_are_not_coded_again(tmp_path, tiny_modular):
     rec = Recompute()
     result = train(tiny_modular(tmp_path, "train.max_steps=40"), extra_callbacks=[rec])
     task = result.module.task
@@ -99,7 +101,7 @@ def test_revisited_examples_are_not_coded_again(tmp_path):
     assert len(set(totals)) == 1  # every log step is after the first pass: the total never moves
 
 
-def test_dl_table_is_first_pass_plus_held_out(tmp_path):
+def test_dl_table_is_first_pass_plus_held_out(tmp_path, tiny_modular):
     result = train(tiny_modular(tmp_path))
     task = result.module.task
     rows = read_metrics(result.run_dir / "metrics.jsonl")
@@ -110,7 +112,7 @@ def test_dl_table_is_first_pass_plus_held_out(tmp_path):
     assert last["dl/table_floor"] == 0
 
 
-def test_dl_table_before_the_first_pass_codes_the_unsent_rows(tmp_path):
+def test_dl_table_before_the_first_pass_codes_the_unsent_rows(tmp_path, tiny_modular):
     """At step 1 only 16 of 36 train rows were sent: dl/table codes exactly the other 20 with the
     current model (to the last bits), and not any other 20 rows."""
     result = train(tiny_modular(tmp_path, "train.max_steps=1", "train.eval_every=1", "log.every=1"))
@@ -126,7 +128,7 @@ def test_dl_table_before_the_first_pass_codes_the_unsent_rows(tmp_path):
     assert abs(float(sent_bits(model, torch.from_numpy(task.table[others]), task).sum()) - coded_now) > 1e-3
 
 
-def test_pure_noise_has_no_epistemic_gain(tmp_path):
+def test_pure_noise_has_no_epistemic_gain(tmp_path, tiny_modular):
     """Answers drawn uniformly whatever x and y (label_noise = 1 - 1/p): no rule, nothing to learn.
     First-pass bits stay at or above the floor, and so does the held-out loss, while training on the
     revisited rows memorises them below it."""
@@ -217,20 +219,21 @@ class BigStart(L.Callback):
         pl_module.examples_seen = 2**24 + 1
 
 
-def test_examples_seen_is_exact_in_every_row(tmp_path):
+def test_examples_seen_is_exact_in_every_row(tmp_path, tiny_addition):
     result = train(tiny_addition(tmp_path, "train.batch_size=30", "train.max_steps=10"), extra_callbacks=[BigStart()])
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert rows and all(r["examples_seen"] == 2**24 + 1 + 30 * r["step"] for r in rows)
 
 
-@pytest.mark.parametrize("make_cfg,overrides", [
-    (tiny_modular, ["train.max_steps=150", "train.lr=3e-3", "train.weight_decay=0.1", "train.eval_every=25"]),
-    (tiny_addition, ["train.max_steps=60", "train.lr=3e-3", "train.eval_every=20"]),
-    (tiny_addition, ["train.max_steps=2", "train.eval_every=1", "log.every=1"]),  # untrained
+@pytest.mark.parametrize("kind,overrides", [
+    ("modular", ["train.max_steps=150", "train.lr=3e-3", "train.weight_decay=0.1", "train.eval_every=25"]),
+    ("addition", ["train.max_steps=60", "train.lr=3e-3", "train.eval_every=20"]),
+    ("addition", ["train.max_steps=2", "train.eval_every=1", "log.every=1"]),  # untrained
 ])
-def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, make_cfg, overrides):
+def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, kind, overrides, tiny_addition, tiny_modular):
     """An answer that costs under 1 bit has every token at probability > 1/2, so greedy decoding
     produces it: no certified example is wrong, and the certified share never exceeds exact match."""
+    make_cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
     result = train(make_cfg(tmp_path, "train.stop_at=null", *overrides))
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     evals = [r for r in rows if "val/certified_exact" in r]

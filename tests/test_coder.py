@@ -3,7 +3,6 @@ import json
 import struct
 
 import pytest
-from conftest import tiny_addition, tiny_modular
 
 from lab.__main__ import main
 from lab.coder import MAGIC, CodecError, compress, decompress, dump, read
@@ -17,7 +16,7 @@ def _rewrite(path, header, code_bytes):
     path.write_bytes(body + hashlib.sha256(body).digest())
 
 
-def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path):
+def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path, tiny_addition):
     cfg = tiny_addition(tmp_path, "train.max_steps=12", "train.lr=3e-3")
     n = 12 * cfg.train.batch_size
     stats = compress(cfg, n, tmp_path / "s.clab")
@@ -30,7 +29,7 @@ def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path):
     assert stats.ideal_bits == pytest.approx(logged, rel=1e-6)
 
 
-def test_round_trip_of_a_finite_task_with_revisits(tmp_path):
+def test_round_trip_of_a_finite_task_with_revisits(tmp_path, tiny_modular):
     cfg = tiny_modular(tmp_path, "task.loss_on=all")
     n = 100  # 36 train rows: the stream revisits them
     compress(cfg, n, tmp_path / "m.clab")
@@ -42,7 +41,7 @@ def test_round_trip_of_a_finite_task_with_revisits(tmp_path):
 
 
 @pytest.fixture
-def small_file(tmp_path):
+def small_file(tmp_path, tiny_addition):
     cfg = tiny_addition(tmp_path, "train.max_steps=4")
     compress(cfg, 4 * 32, tmp_path / "s.clab")
     return tmp_path / "s.clab"

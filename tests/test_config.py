@@ -65,3 +65,58 @@ def test_cli_bad_config_exits_2_and_writes_nothing(root, tmp_path, capsys):
     assert not os.path.exists(f"{tmp_path}/runs")
     assert main(["train", f"{root}/configs/addition.yaml", "lr"]) == 2
     assert main(["train", f"{root}/configs/missing.yaml"]) == 2
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.n_embd=130", "model.n_embd"),  # not divisible by the 8 heads: was a traceback after config.yaml
+    ("task.n_heldout=100000000000", "task.n_heldout"),  # was a 1.46 TiB allocation
+    ("model.n_head=128", "model.position"),  # rotary needs an even head size; 128 / 128 = 1
+])
+def test_failed_starts_are_one_line_exit_2_and_write_nothing(root, tmp_path, capsys, override, key):
+    code = main(["train", f"{root}/configs/addition.yaml", override, f"log.dir={tmp_path}/runs", "log.wandb=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"config error: {key}"), err
+    assert not os.path.exists(f"{tmp_path}/runs")
+
+
+def test_a_failure_while_building_the_run_writes_nothing(root, tmp_path, capsys, monkeypatch):
+    """Whatever the validation misses and the task or model refuses is still a start-up error."""
+    import lab.train
+
+    def refuse(cfg):
+        raise ValueError("task.n_digits: refused by the task")
+
+    monkeypatch.setattr(lab.train, "make_task", refuse)
+    code = main(["train", f"{root}/configs/addition.yaml", f"log.dir={tmp_path}/runs", "log.wandb=false"])
+    assert code == 2 and capsys.readouterr().err.strip() == "config error: task.n_digits: refused by the task"
+    assert not os.path.exists(f"{tmp_path}/runs")
+
+
+@pytest.mark.parametrize("command", ["train", "tasks", "compress", "decompress", "dump", "sweep", "report",
+                                     "dashboard"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: python -m lab {command}")
+    if command in ("train", "compress", "dump"):  # the config keys, with types, defaults and docs
+        assert "train.lr" in out and "float = 0.001" in out and "Peak learning rate of AdamW." in out
+        assert "auto | all | answer" in out  # choices
+        assert "task.name=multiplication" in out and "task.m_digits" in out  # every task's own options
+
+
+def test_lab_tasks_lists_every_task_with_options_and_floors(capsys):
+    from lab.tasks import TASKS
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in TASKS:
+        assert f"\n{name}: " in f"\n{out}"
+    assert "floor 52.85 bits/example" in out and "task.train_fraction (float = 0.3)" in out
+
+
+def test_choices_are_typed(root):
+    with pytest.raises(ConfigError, match=r"^train.accelerator: Invalid value 'tpu', expected one of"):
+        load(f"{root}/configs/addition.yaml", ["train.accelerator=tpu"])
+    with pytest.raises(ConfigError, match=r"^task.op: Invalid value"):
+        load(f"{root}/configs/grokking.yaml", ["task.op=x^5"])

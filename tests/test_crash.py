@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
 
 from lab.__main__ import main
 from lab.loggers import read_metrics
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 # checkpoints every 6 steps, evaluations every 4: step 6 checkpoints without evaluating, step 12 does both
 ARGS = [f"{ROOT}/configs/addition.yaml", "task.n_digits=3", "task.n_heldout=200", "model.preset=gpt-nano",

@@ -2,11 +2,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_modular
 
 from lab.loggers import read_metrics
 from lab.probes import fourier_basis, frequency_norms, key_frequencies, restricted_and_excluded
-from lab.tasks.modular import noise_floor
+from lab.tasks.base import noise_floor
 from lab.train import train
 
 
@@ -43,7 +42,7 @@ def test_restricted_and_excluded_losses_on_a_pure_fourier_circuit():
     assert excluded == pytest.approx(math.log(p), rel=1e-6)  # without them nothing is left
 
 
-def test_grokking_run_logs_progress_measures_and_writes_the_figure(tmp_path):
+def test_grokking_run_logs_progress_measures_and_writes_the_figure(tmp_path, tiny_modular):
     result = train(tiny_modular(tmp_path, "train.max_steps=20"))
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     last = [r for r in rows if "grok/weight_norm" in r][-1]
@@ -56,7 +55,7 @@ def test_grokking_run_logs_progress_measures_and_writes_the_figure(tmp_path):
     assert set(result.summary["marks"]) == {"val_acc_0.9", "dl_half"}
 
 
-def test_label_noise_raises_the_floor_and_nothing_beats_it(tmp_path):
+def test_label_noise_raises_the_floor_and_nothing_beats_it(tmp_path, tiny_modular):
     """eps = 0.1 over p = 23 answers: floor H(0.1) + 0.1 log2 22 = 0.915 bits per answer. First-pass bits
     and held-out loss stay at or above it; the revisited training rows may fall below (memorised noise)."""
     p, eps = 23, 0.1

@@ -43,6 +43,33 @@ def test_cpu_attention_equals_pytorch_sdpa():
     torch.testing.assert_close(attn(x), expected)
 
 
+def test_the_cuda_attention_path_gives_the_explicit_paths_logits(monkeypatch):
+    """On CUDA the model takes scaled_dot_product_attention; forced on CPU, the whole default model
+    (rotary and coupled positions, 8 heads) scores and greedily decodes as the explicit path does."""
+    from lab.model import CausalSelfAttention
+    from lab.tasks import Addition
+
+    task = Addition(n_digits=8, n_heldout=0)
+    cfg = GPTConfig.from_preset("gpt-micro", vocab_size=14, block_size=28, n_head=8, absolute=True, coupled=True,
+                                rotary=True, coupled_ids=tuple(task.coupled_ids.tolist()))
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    x = torch.from_numpy(task.train_batch(0, 64).x)
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+    counted = lambda *a, **k: calls.append(1) or sdpa(*a, **k)  # noqa: E731
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    out, used = {}, {}
+    for fused in (False, True):
+        monkeypatch.setattr(CausalSelfAttention, "fused", fused)
+        calls.clear()
+        with torch.no_grad():
+            out[fused] = (model(x[:, :-1]), *model.score_and_generate(x, task.answer_start))
+        used[fused] = len(calls)
+    assert used[False] == 0 and used[True] > 0  # each path was the one taken
+    for a, b in zip(out[False], out[True]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("absolute", [True, False])
 def test_coupled_positions_share_one_embedding_and_decode_with_cache(absolute):
     from lab.tasks import Addition

@@ -9,11 +9,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, tiny_addition
 
 from lab.module import LabModule
-from lab.tasks import make_task
+from lab.tasks import TASKS, make_task
 from lab.train import train
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 spec = importlib.util.spec_from_file_location("stream_check", Path(ROOT) / "experiments" / "stream_check.py")
 stream_check = importlib.util.module_from_spec(spec)
@@ -36,12 +37,13 @@ def test_file_matches_logged_bits(tmp_path, label):
         assert (r["model"] < r["logged"]) == answer_only
 
 
-def test_every_config_is_in_the_table():
-    configs = sorted(p.name for p in Path(ROOT, "configs").glob("*.yaml"))
-    assert configs == sorted(stream_check.CONFIGS), "add the new config's small-N overrides to CONFIGS"
+def test_every_config_and_every_task_is_in_the_table():
+    configs = sorted(f"configs/{p.name}" for p in Path(ROOT, "configs").glob("*.yaml"))
+    assert configs == sorted({spec[0] for spec in ROWS.values()} - {None})
+    assert {label.split()[0] for label in ROWS} >= set(TASKS)
 
 
-def test_dropout_bits_are_those_of_the_model_without_dropout(tmp_path):
+def test_dropout_bits_are_those_of_the_model_without_dropout(tmp_path, tiny_addition):
     """The logged bits of a step are the code under the weights before it without dropout, not the
     training forward's (with dropout), which no receiver could reproduce: the two differ."""
     cfg = tiny_addition(tmp_path, "model.dropout=0.3", "train.max_steps=1")

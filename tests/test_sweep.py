@@ -1,62 +1,138 @@
 import json
 import math
+from pathlib import Path
 
+import jsonschema
+import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, tiny_modular
 
-from lab.config import ConfigError
+from lab.config import ConfigError, load
 from lab.dashboard import build, describe
 from lab.report import report, spearman
-from lab.sweep import base_command, expand, flatten, run_sweep
+from lab.sweep import agent_args, base_command, expand, param_type, run_sweep
 from lab.train import train
 
+ROOT = str(Path(__file__).resolve().parents[1])
 
-def test_grid_expansion_with_nested_keys():
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "wandb_sweep_schema.json").read_text())
+FORMATS = jsonschema.FormatChecker()
+FORMATS.checks("float")(lambda v: isinstance(v, float))  # as W&B's sweeps/config/schema.py
+FORMATS.checks("integer")(lambda v: isinstance(v, int))
+
+
+def wandb_type(spec: dict) -> str | None:
+    """The parameter type W&B gives a spec: the first of its schema's `parameter.anyOf` that validates
+    (wandb/sweeps, config/schema.py: fill_parameter), as a distribution name; None if none does."""
+    for ref in SCHEMA["definitions"]["parameter"]["anyOf"]:
+        name = ref["$ref"].split("/")[-1]
+        sub = {**SCHEMA["definitions"][name], "definitions": SCHEMA["definitions"]}
+        if jsonschema.Draft7Validator(sub, format_checker=FORMATS).is_valid(spec):
+            if name == "param_dict":
+                return "dict"
+            props = sub["properties"] if "properties" in sub else sub["anyOf"][0]["properties"]
+            return props["distribution"]["enum"][0]
+    return None
+
+
+SPECS = [
+    {"value": 3}, {"value": [1, 2]}, {"values": [1, 2, 3]}, {"values": ["a"], "distribution": "categorical"},
+    {"values": [1, 2], "probabilities": [0.25, 0.75]}, {"min": 100, "max": 200}, {"min": 0.1, "max": 1},
+    {"min": 1, "max": 2.5}, {"min": 0.5, "max": 2.0}, {"min": 1, "max": 5, "distribution": "uniform"},
+    {"min": 1, "max": 5, "distribution": "int_uniform"}, {"min": 0, "max": 10, "distribution": "q_uniform"},
+    {"min": 0, "max": 1, "q": 0.25, "distribution": "q_uniform"},
+    {"min": 1e-4, "max": 1e-2, "distribution": "log_uniform_values"},
+    {"min": -9.2, "max": -4.6, "distribution": "log_uniform"},
+    {"min": 1e-4, "max": 1e-2, "distribution": "inv_log_uniform_values"},
+    {"min": 1, "max": 100, "q": 2, "distribution": "q_log_uniform_values"},
+    {"distribution": "normal"}, {"distribution": "normal", "mu": 1, "sigma": 2},
+    {"distribution": "q_normal", "q": 0.5}, {"distribution": "log_normal", "sigma": 0.5},
+    {"distribution": "q_log_normal"}, {"distribution": "beta", "a": 2, "b": 3}, {"distribution": "q_beta", "q": 0.1},
+    {"min": 1.5, "max": 3.0, "distribution": "inv_log_uniform"}, {"min": 0, "max": 3, "distribution": "q_log_uniform"},
+    {"min": "a", "max": 2}, {"values": []}, {"values": [1], "q": 1}, {"distribution": "gaussian"},
+    {"min": True, "max": 3}, {"value": 1, "values": [1]},
+    {"min": 0.0, "max": 1e-2, "distribution": "log_uniform_values"},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[json.dumps(s) for s in SPECS])
+def test_parameter_types_are_those_of_the_wandb_schema(spec):
+    want = wandb_type(spec)
+    if want is None:
+        with pytest.raises(ConfigError, match="^parameters.x"):
+            param_type(spec, "x")
+    else:
+        assert param_type(spec, "x")[0] == want
+
+
+def test_grid_expands_as_wandb_does():
+    """Names sorted (the first varies slowest), sections nested, constants kept, int_uniform as
+    range(min, max + 1) and q_uniform as numpy.arange(min, max, q) (max excluded), as W&B's grid search."""
     sweep = {"method": "grid", "parameters": {
-        "task.train_fraction": {"values": [0.2, 0.3]},
         "train": {"parameters": {"weight_decay": {"values": [0.1, 1.0]}, "lr": {"value": 1e-3}}},
+        "seed": {"min": 0, "max": 1},
+        "task.train_fraction": {"min": 0.2, "max": 0.5, "q": 0.15, "distribution": "q_uniform"},
     }}
     runs = expand(sweep)
-    assert runs == [
-        {"task.train_fraction": 0.2, "train.weight_decay": 0.1, "train.lr": 1e-3},
-        {"task.train_fraction": 0.2, "train.weight_decay": 1.0, "train.lr": 1e-3},
-        {"task.train_fraction": 0.3, "train.weight_decay": 0.1, "train.lr": 1e-3},
-        {"task.train_fraction": 0.3, "train.weight_decay": 1.0, "train.lr": 1e-3},
-    ]
-    assert set(flatten(sweep["parameters"])) == {"task.train_fraction", "train.weight_decay", "train.lr"}
+    want = [{"seed": s, "task.train_fraction": f, "train": {"weight_decay": wd, "lr": 1e-3}}
+            for s in (0, 1) for f in np.arange(0.2, 0.5, 0.15).tolist() for wd in (0.1, 1.0)]
+    assert runs == want and len(runs) == 8
+    assert agent_args(runs[0]) == ["seed=0", "task.train_fraction=0.2", "train={'weight_decay': 0.1, 'lr': 0.001}"]
+    assert len(expand({**sweep, "run_cap": 3})) == 3
+    with pytest.raises(ConfigError, match="^parameters.x: .*probabilities"):
+        expand({"method": "grid", "parameters": {"x": {"values": [1, 2], "probabilities": [0.5, 0.5]}}})
+    with pytest.raises(ConfigError, match="^parameters.x: a grid"):
+        expand({"method": "grid", "parameters": {"x": {"min": 0.0, "max": 1.0}}})
 
 
-def test_random_expansion_is_seeded_and_in_range():
-    sweep = {"method": "random", "run_cap": 20, "parameters": {
+def test_random_draws_follow_the_inferred_distributions():
+    sweep = {"method": "random", "run_cap": 400, "parameters": {
         "train": {"parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}}},
-        "model.n_layer": {"distribution": "int_uniform", "min": 1, "max": 3},
-        "model.preset": {"values": ["gpt-nano", "gpt-micro"]},
+        "train.max_steps": {"min": 100, "max": 200},  # int_uniform, as W&B infers it
+        "model.preset": {"values": ["gpt-nano", "gpt-micro"], "probabilities": [0.9, 0.1]},
     }}
     a, b, c = expand(sweep, seed=1), expand(sweep, seed=1), expand(sweep, seed=2)
-    assert a == b and a != c and len(a) == 20
-    assert all(1e-4 <= r["train.lr"] <= 1e-2 and r["model.n_layer"] in (1, 2, 3) for r in a)
-    assert {r["model.preset"] for r in a} == {"gpt-nano", "gpt-micro"}
+    assert a == b and a != c and len(a) == 400
+    assert all(1e-4 <= r["train"]["lr"] <= 1e-2 for r in a)
+    assert all(isinstance(r["train.max_steps"], int) and 100 <= r["train.max_steps"] <= 200 for r in a)
+    assert 0.85 < sum(r["model.preset"] == "gpt-nano" for r in a) / 400 < 0.95  # probabilities are used
     assert len(expand(sweep, count=3, seed=1)) == 3
 
 
-def test_sweep_errors_are_clear():
-    with pytest.raises(ConfigError, match="wandb agent"):
-        expand({"method": "bayes", "parameters": {}})
-    with pytest.raises(ConfigError, match="run_cap"):
-        expand({"method": "random", "parameters": {"x": {"values": [1]}}})
-    with pytest.raises(ConfigError, match="parameters.x"):
-        expand({"method": "grid", "parameters": {"x": {"min": 0.0, "max": 1.0}}})
-    with pytest.raises(ConfigError, match="command"):
+def test_the_command_line_of_a_run_is_what_wandb_agent_passes(root):
+    """A section arrives as train={'weight_decay': 0.1}: it sets that key and keeps the section's others."""
+    run = {"task.train_fraction": 0.4, "train": {"weight_decay": 0.1, "stop_at": None}}
+    cfg = load(f"{root}/configs/grokking.yaml", agent_args(run))
+    assert cfg.task.train_fraction == 0.4 and cfg.train.weight_decay == 0.1 and cfg.train.stop_at is None
+    assert cfg.train.lr == load(f"{root}/configs/grokking.yaml").train.lr  # the rest of train is the YAML's
+
+
+def test_sweep_errors_name_the_key():
+    ok = {"x": {"values": [1]}}
+    for sweep, key in [({"method": "bayes", "parameters": ok}, "method"),
+                       ({"method": "random", "parameters": ok}, "run_cap"),
+                       ({"method": "grid", "parameters": ok, "early_terminate": {"type": "hyperband"}},
+                        "early_terminate"),
+                       ({"method": "grid", "parameters": ok, "paramters": {}}, "paramters"),
+                       ({"method": "grid", "parameters": {"x": {"vals": [1]}}}, "parameters.x"),
+                       ({"method": "grid", "parameters": {"x": {"min": 2, "max": 1}}}, "parameters.x")]:
+        with pytest.raises(ConfigError, match=f"^{key}"):
+            expand(sweep)
+    with pytest.raises(ConfigError, match="^command"):
         base_command({"command": ["python", "other.py"]})
+    with pytest.raises(ConfigError, match="^command"):
+        base_command({"command": ["python", "-m", "lab", "train", "${args}"]})  # --key=value
 
 
 @pytest.mark.parametrize("name", ["grokking.yaml", "addition.yaml"])
-def test_shipped_sweeps_expand_and_keep_the_wandb_command(name):
+def test_shipped_sweeps_are_valid_wandb_sweeps(name):
     sweep = yaml.safe_load(open(f"{ROOT}/configs/sweeps/{name}"))
-    assert "${args_no_hyphens}" in sweep["command"]
+    jsonschema.Draft7Validator(SCHEMA, format_checker=FORMATS).validate(sweep)
     assert len(expand(sweep)) == 8
     assert base_command(sweep)[0].startswith("configs/")
+    for run in expand(sweep):
+        load(f"{ROOT}/{base_command(sweep)[0]}", [*base_command(sweep)[1:], *agent_args(run)])  # every run loads
 
 
 TINY = ["task.p=11", "train.batch_size=16", "model.preset=gpt-nano", "model.n_layer=1", "train.max_steps=20",
@@ -90,7 +166,7 @@ def test_local_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkey
         assert (tmp_path / "runs/tiny" / f).exists()
 
 
-def test_run_report(tmp_path):
+def test_run_report(tmp_path, tiny_modular):
     result = train(tiny_modular(tmp_path, "train.max_steps=20"))
     rep = report(result.run_dir)
     assert rep["kind"] == "run" and rep["final"]["step"] == 20

@@ -7,7 +7,8 @@ import pytest
 
 from lab.tasks import Addition, Modular, Permutation
 from lab.tasks.addition import longest_chain
-from lab.tasks.modular import OPS, noise_floor
+from lab.tasks.base import noise_floor
+from lab.tasks.modular import OPS
 from lab.tasks.permutation import OPS as PERM_OPS
 from lab.tasks.permutation import PERMS
 

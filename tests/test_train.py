@@ -5,7 +5,6 @@ import signal
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_addition, tiny_modular
 
 from lab.__main__ import main
 from lab.bits import NonFiniteError
@@ -14,7 +13,7 @@ from lab.loggers import read_metrics
 from lab.train import train
 
 
-def test_tiny_fit_end_to_end(tmp_path):
+def test_tiny_fit_end_to_end(tmp_path, tiny_modular):
     result = train(tiny_modular(tmp_path, "train.max_steps=60", "train.lr=3e-3", "train.weight_decay=0.1"))
     run = result.run_dir
     for name in ("config.yaml", "metrics.jsonl", "positions.csv", "summary.json", "checkpoints/last.ckpt"):
@@ -35,7 +34,7 @@ def test_tiny_fit_end_to_end(tmp_path):
     assert summary["steps"] == 60 and summary["bits/total"] > 0
 
 
-def test_early_stop_at_target(tmp_path):
+def test_early_stop_at_target(tmp_path, tiny_modular):
     free = train(tiny_modular(tmp_path / "a", "train.stop_at=null"))
     evals = [(r["step"], r["val/exact_match"]) for r in read_metrics(free.run_dir / "metrics.jsonl")
              if "val/exact_match" in r]
@@ -62,8 +61,9 @@ class Interrupt(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize("make_cfg", [tiny_addition, tiny_modular])
-def test_ctrl_c_then_resume_loses_nothing(tmp_path, make_cfg):
+@pytest.mark.parametrize("kind", ["addition", "modular"])
+def test_ctrl_c_then_resume_loses_nothing(tmp_path, kind, tiny_addition, tiny_modular):
+    make_cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
     # dropout > 0 checks that the RNG state travels with the checkpoint
     full = train(make_cfg(tmp_path / "a", "model.dropout=0.1"))
     stopped = train(make_cfg(tmp_path / "b", "model.dropout=0.1"), extra_callbacks=[Interrupt(13)])
@@ -81,7 +81,7 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path, make_cfg):
     assert rows_resumed[-1]["bits/total"] == rows_full[-1]["bits/total"]
 
 
-def test_resume_from_periodic_checkpoint_after_crash(tmp_path):
+def test_resume_from_periodic_checkpoint_after_crash(tmp_path, tiny_addition):
     full = train(tiny_addition(tmp_path / "a"))
     crashed = train(tiny_addition(tmp_path / "b", "train.max_steps=27"))  # as if killed after step 27
     assert crashed.trainer.global_step == 27
@@ -92,7 +92,7 @@ def test_resume_from_periodic_checkpoint_after_crash(tmp_path):
     assert steps == sorted(set(steps))  # rows after step 20 were replaced, not duplicated
 
 
-def test_resume_refuses_a_different_task(tmp_path):
+def test_resume_refuses_a_different_task(tmp_path, tiny_addition):
     train(tiny_addition(tmp_path, "train.max_steps=10"))
     with pytest.raises(ConfigError, match="^task.n_digits"):
         train(tiny_addition(tmp_path, "task.n_digits=4", f"train.resume={tmp_path}/t"))
@@ -100,14 +100,14 @@ def test_resume_refuses_a_different_task(tmp_path):
         train(tiny_addition(tmp_path))  # would overwrite the finished run
 
 
-def test_cli_resume_with_the_saved_config(tmp_path, capsys):
+def test_cli_resume_with_the_saved_config(tmp_path, capsys, tiny_addition):
     train(tiny_addition(tmp_path, "train.max_steps=10"))
     assert main(["train", f"train.resume={tmp_path}/t", "train.max_steps=20"]) == 0
     out = capsys.readouterr().out
     assert "resuming from step 10" in out and "done: 20 steps" in out
 
 
-def test_unnamed_runs_get_their_own_directories(tmp_path):
+def test_unnamed_runs_get_their_own_directories(tmp_path, tiny_modular):
     cfg = tiny_modular(tmp_path, "log.name=null", "train.max_steps=2", "train.eval_every=2")
     first, second = train(cfg, "tiny"), train(cfg, "tiny")
     assert first.run_dir != second.run_dir
@@ -126,7 +126,7 @@ class Poison(L.Callback):
                 next(pl_module.model.parameters()).fill_(float("nan"))
 
 
-def test_non_finite_bits_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+def test_non_finite_bits_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, tiny_addition):
     cfg = tiny_addition(tmp_path, "train.checkpoint_every=5")
     with pytest.raises(NonFiniteError, match="^step 8: bits/total"):
         train(cfg, extra_callbacks=[Poison(7)])
@@ -152,8 +152,21 @@ def test_cli_stops_on_a_non_finite_loss_with_an_error(tmp_path, capsys, root):
     assert not (tmp_path / "nan" / "summary.json").exists()  # no report of a run that failed
 
 
-def test_addition_runs_score_the_rule_by_carry_chain_length(tmp_path):
+def test_addition_runs_score_the_rule_by_carry_chain_length(tmp_path, tiny_addition):
     result = train(tiny_addition(tmp_path, "train.stop_metric=val/chain_exact_min", "train.stop_at=0.5"))
     rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/chain_exact_min" in r]
     assert rows and all(r["val/chain_exact_min"] == min(r[f"val/chain_exact/{k}"] for k in range(3)) for r in rows)
     assert not any("val/chain_exact/3" in r for r in rows)  # 3 digits: chains of 0, 1 or 2 digits
+
+
+@pytest.mark.parametrize("kind", ["addition", "modular"])
+def test_progress_shows_examples_or_epochs_and_the_stop_rule_without_an_eta(tmp_path, capsys, kind, tiny_addition,
+                                                                           tiny_modular):
+    make_cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
+    train(make_cfg(tmp_path, "log.progress_bar=true", "train.max_steps=20"))
+    bar = capsys.readouterr().out.replace("\r", "\n")  # (Lightning's bars write to stdout)
+    lines = [line for line in bar.splitlines() if line.startswith("step 20/<=20")]
+    assert lines, bar[-500:]
+    assert ("640 examples" in lines[-1]) if kind == "addition" else ("epoch 6.7" in lines[-1])  # 32 rows, 3 steps/epoch
+    assert "val/exact_match" in lines[-1] and "(stop at 0.99)" in lines[-1]
+    assert "Epoch 0" not in bar and "<00:" not in bar and "20/20" not in bar  # no fake epoch, no ETA, no total

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_modular
 
 from lab.loggers import read_metrics
 from lab.train import train
@@ -11,7 +10,7 @@ from lab.twopart import LADDER, data_bits, decode_weights, dequantize, encode_we
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_modular):
     return train(tiny_modular(tmp_path_factory.mktemp("tp"), "train.max_steps=60", "train.lr=3e-3"))
 
 

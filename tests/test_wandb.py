@@ -1,5 +1,4 @@
 import pytest
-from conftest import tiny_modular
 
 from lab.config import ConfigError
 from lab.loggers import wandb_mode
@@ -22,14 +21,14 @@ def test_wandb_mode_never_needs_a_login(monkeypatch, tmp_path):
         wandb_mode()
 
 
-def test_offline_wandb_run_is_written_in_the_run_directory(monkeypatch, tmp_path):
+def test_offline_wandb_run_is_written_in_the_run_directory(monkeypatch, tmp_path, tiny_modular):
     monkeypatch.setenv("WANDB_MODE", "offline")
     result = train(tiny_modular(tmp_path, "log.wandb=true", "train.max_steps=10"))
     runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
-def test_a_resumed_run_is_a_new_wandb_run_in_the_same_group(monkeypatch, tmp_path):
+def test_a_resumed_run_is_a_new_wandb_run_in_the_same_group(monkeypatch, tmp_path, tiny_modular):
     """wandb cannot rewind an offline run: the resumed stretch goes to a new run `<name>-from-<step>-...`
     in the run's group, so no step is logged twice to one wandb run."""
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -1,26 +1,31 @@
 """Tasks own their vocabulary, token layout, loss mask and exact aleatoric floors.
 
     task = make_task(cfg)   # from a lab.config.Config
+
+Every module of this package is imported here, so a task registers itself (`lab.tasks.base.register`)
+by being a file in `lab/tasks/`; a task in another package registers through the entry-point group
+`compression_lab.tasks` (each entry point names its module). `TASKS` maps names to task classes.
 """
 
-from lab.tasks.addition import Addition
-from lab.tasks.base import Batch, Task
-from lab.tasks.modular import Modular
-from lab.tasks.permutation import Permutation
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
 
-TASKS = {"addition": Addition, "modular": Modular, "permutation": Permutation}
+from lab.tasks.base import TASKS, Batch, Finite, Task, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+for _entry in entry_points(group="compression_lab.tasks"):
+    _entry.load()
+
+from lab.tasks.addition import Addition  # noqa: E402
+from lab.tasks.modular import Modular  # noqa: E402
+from lab.tasks.permutation import Permutation  # noqa: E402
 
 
 def make_task(cfg) -> Task:
-    t = cfg.task
-    if t.name == "addition":
-        loss_on = "all" if t.loss_on == "auto" else t.loss_on
-        return Addition(t.n_digits, t.leading_zeros, t.reverse_answer, loss_on, t.n_heldout, cfg.seed,
-                        t.label_noise, t.n_chain, t.chain_prob)
-    loss_on = "answer" if t.loss_on == "auto" else t.loss_on
-    if t.name == "permutation":
-        return Permutation(t.op or "x*y", t.train_fraction, loss_on, t.label_noise, cfg.seed)
-    return Modular(t.op or "x+y", t.p, t.train_fraction, loss_on, t.label_noise, cfg.seed)
+    """The task of a `lab.config.Config` (its `task` section and seed)."""
+    return TASKS[cfg.task.name].from_config(cfg.task, cfg.seed)
 
 
-__all__ = ["Addition", "Batch", "Modular", "Permutation", "Task", "TASKS", "make_task"]
+__all__ = ["Addition", "Batch", "Finite", "Modular", "Permutation", "Task", "TASKS", "make_task", "register"]

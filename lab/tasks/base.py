@@ -1,4 +1,11 @@
-"""What every task provides: vocabulary, token layout, loss mask, floors, and a batch for each step.
+"""What every task provides (the contract), the registry, and the machinery of table tasks.
+
+A task is one module in `lab/tasks/` (or a package's entry point in the group `compression_lab.tasks`):
+a `Task` subclass decorated with `@register`, with its options as a `TaskConfig` subclass (typed
+fields, each with a docstring, and a `validate` that names the key of an impossible value). Nothing
+else needs to change: `lab.tasks` imports every module of the package, the config's `task` section is
+the chosen task's dataclass, `python -m lab tasks` lists it, and `tests/test_task_contract.py` checks it
+(with the small instance the task names in `small`).
 
 A task is a distribution over fixed-length token sequences whose law is known exactly. Sequences are
 rows of `T` tokens; the model reads tokens 0..T-2 and predicts targets 1..T-1, so every per-position
@@ -17,11 +24,14 @@ take a slice of it.
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+
+from lab.config import TaskConfig
 
 
 @dataclass
@@ -52,7 +62,19 @@ class Batch:
 
 
 class Task:
-    """Base class. Subclasses set the attributes below in `__init__` and implement `train_batch`.
+    """Base class. Subclasses set the attributes below in `__init__` and implement `schedule`,
+    `train_batch`, `layout`, `eval_sets` (and `law_probs` if some sent target is not trained on).
+
+    Class attributes (set by the subclass, read before any instance exists):
+    name:            the registered name (`task.name`)
+    Config:          its options, a `TaskConfig` subclass; `from_config` passes each field (but name)
+                     to `__init__` as a keyword, with `seed`
+    default_loss_on: what `task.loss_on=auto` means for this task
+    significance:    True if the task gives digit significance ids (`coupled_ids`), needed by the
+                     coupled and rotary position embeddings
+    small:           options of a small instance whose law can be enumerated (`exact_law`), for the tests
+
+    Instance attributes (set in `__init__`):
 
     vocab:         list of token strings; token id = index
     seq_len:       T, tokens per example
@@ -80,6 +102,26 @@ class Task:
     uniform_bits: np.ndarray
     finite: bool = False
     coupled_ids: np.ndarray | None = None
+
+    name: str = ""
+    Config: type[TaskConfig] = TaskConfig
+    default_loss_on: str = "all"
+    significance: bool = False
+    small: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig, seed: int) -> Task:
+        """The task of a config's `task` section: each option as a keyword, `loss_on=auto` resolved."""
+        kw = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "name"}
+        if kw.get("loss_on") == "auto":
+            kw["loss_on"] = cls.default_loss_on
+        return cls(**kw, seed=seed)
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the task module's docstring."""
+        doc = inspect.getmodule(cls).__doc__ or cls.__doc__ or ""
+        return doc.strip().splitlines()[0] if doc.strip() else cls.__name__
 
     # -- layout helpers -------------------------------------------------------------------------------
     @property
@@ -144,6 +186,7 @@ class Task:
         raise NotImplementedError
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
+        """Global batch `step`: a pure function of (seed, step), never holding a held-out example."""
         raise NotImplementedError
 
     def layout(self, ids: np.ndarray) -> np.ndarray:
@@ -177,9 +220,139 @@ class Task:
         """Named evaluation sets, each (N, T) int64: always "val" (held-out), "train" for finite tasks."""
         raise NotImplementedError
 
+    def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stream's law of one sent example, enumerated: (N, T) int64 rows, (N,) float64
+        probabilities summing to 1 (label noise included). Only for small instances (the tests compare
+        the floors with its conditional entropies and the batches with its support)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot enumerate its law")
+
+
+def noise_floor(eps: float, k: int) -> float:
+    """Entropy in bits of an answer that is right w.p. 1 - eps, else uniform over the k - 1 wrong ones."""
+    if eps <= 0:
+        return 0.0
+    h = -eps * math.log2(eps) - (1 - eps) * math.log2(1 - eps) if eps < 1 else 0.0
+    return h + eps * log2(k - 1)
+
+
+class Finite(Task):
+    """A table of examples with a seeded train / held-out split, revisited for many epochs.
+
+    `_build` makes the layout `x op y = z` over K element tokens (one token per element, then the op
+    token and `=`); the question `x op y =` is the scheduled row's layout (known), only z is sent.
+
+    table:        (N, 5) int64, every example (answers with their label noise, fixed per example)
+    train_idx:    (n_train,) table indices of the train split; val_idx the rest (held out)
+    clean_answers (N,) the answers without label noise
+    eval_ids():   {set name: table indices of its rows}, for the sets of `eval_sets`
+
+    Training walks the train split in a fresh seeded order each epoch; an example is `new` (enters the
+    code length) only in epoch 0.
+    """
+
+    finite = True
+    default_loss_on = "answer"
+
+    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+               train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
+        """The layout `x op y = z` over K = len(names) element tokens (token i is element i), then the
+        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values). Sets
+        vocabulary, layout, table, split, label noise, floors and loss mask."""
+        K = len(names)
+        self.vocab = names + [symbol, "="]
+        self.seq_len, self.answer_start = 5, 4
+        self.target_names = ["o", "y", "=", "z"]
+        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
+        table = np.stack([x, col(K), y, col(K + 1), z], axis=1).astype(np.int64)  # (N, 5)
+        self.answer_tokens, self.answer_index = np.arange(K), z
+        self._split(table, train_fraction, seed)
+        self.label_noise = label_noise
+        self._add_label_noise(label_noise, K, seed)
+        self.known = np.array([True, True, True, True, False])  # the question x op y = is the row's layout
+        self.floor_bits = np.array([0.0, 0.0, 0.0, noise_floor(label_noise, K)])  # H(z | x, y)
+        self.uniform_bits = np.array([0.0, 0.0, 0.0, log2(K)])
+        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+
+    def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
+        self.table = table  # (N, T)
+        perm = rng_for(seed, 3).permutation(len(table))
+        n_train = round(train_fraction * len(table))
+        self.train_idx, self.val_idx = perm[:n_train], perm[n_train:]
+
+    def _add_label_noise(self, eps: float, k: int, seed: int) -> None:
+        """Replace the answer (last token) by a uniformly drawn wrong one w.p. eps, fixed per example."""
+        self.clean_answers = self.table[:, -1].copy()
+        if eps > 0:
+            rng = rng_for(seed, 2)
+            flip = rng.random(len(self.table)) < eps
+            shift = rng.integers(1, k, size=len(self.table))  # 1..k-1: never the right answer
+            self.table[flip, -1] = self.answer_tokens[(self.answer_index[flip] + shift[flip]) % k]
+
     def table_size(self) -> int:
-        """Examples in the whole table (finite tasks only)."""
-        raise NotImplementedError
+        return len(self.table)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.train_idx) / batch_size)
+
+    def batch_size(self, requested: int) -> int:
+        return requested or len(self.train_idx)  # 0: the whole train split
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """(n_train,) table indices of the train split in the seeded order of `epoch`."""
+        return self.train_idx[rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))].astype(np.int64)
+
+    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, j = divmod(step, self.steps_per_epoch(batch_size))
+        ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
+        return ids, np.full(len(ids), epoch == 0)
+
+    def train_batch(self, step: int, batch_size: int) -> Batch:
+        ids, new = self.schedule(step, batch_size)
+        return Batch(self.table[ids], ids, new)
+
+    def layout(self, ids: np.ndarray) -> np.ndarray:
+        return np.where(self.known, self.table[ids], 0)  # (B, T) the question, answer unknown
+
+    def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
+        """Epoch 0 sends the train split in its seeded order; later epochs send nothing new."""
+        return self._epoch_order(0)[: steps * batch_size]
+
+    def eval_sets(self) -> dict[str, np.ndarray]:
+        sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
+        if (self.table[:, -1] != self.clean_answers).any():  # label noise: also score the true rule
+            clean = self.table[self.val_idx].copy()
+            clean[:, -1] = self.clean_answers[self.val_idx]
+            sets["val_clean"] = clean
+        return sets
+
+    def eval_ids(self) -> dict[str, np.ndarray]:
+        return {"val": self.val_idx, "train": self.train_idx, "val_clean": self.val_idx}
+
+    def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
+        """A train row, uniformly; its answer right w.p. 1 - eps, else one of the K - 1 others."""
+        K = len(self.answer_tokens)
+        rows = self.table[self.train_idx].copy()  # (n, 5)
+        rows[:, -1] = self.clean_answers[self.train_idx]
+        eps = self.label_noise
+        if eps == 0:
+            return rows, np.full(len(rows), 1.0 / len(rows))
+        out = np.repeat(rows, K, axis=0)  # (n K, 5) every answer after every question
+        out[:, -1] = np.tile(self.answer_tokens, len(rows))
+        right = out[:, -1] == np.repeat(rows[:, -1], K)
+        return out, np.where(right, 1 - eps, eps / (K - 1)) / len(rows)
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available as `task.name=<cls.name>`."""
+    if not cls.name or cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"task {cls.__name__}: name {cls.name!r} is empty or taken")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, TaskConfig)) or cls.Config().name != cls.name:
+        raise ValueError(f"task {cls.name}: Config must subclass TaskConfig with name defaulting to {cls.name!r}")
+    TASKS[cls.name] = cls
+    return cls
 
 
 def log2(n: float) -> float:

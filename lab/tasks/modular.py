@@ -22,10 +22,13 @@ epoch; an example is `new` (enters the code length) only in epoch 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from lab.tasks.base import Batch, Task, log2, rng_for
+from lab.config import TaskConfig, check
+from lab.tasks.base import Finite, register
 
 
 def _inverses(p: int) -> np.ndarray:
@@ -50,101 +53,42 @@ OPS = {
     ),
 }
 DIVIDES = {"x/y", "x/y if y odd else x-y"}
+OpName = Literal[tuple(OPS)]
 
 
 def is_prime(p: int) -> bool:
     return p >= 2 and all(p % d for d in range(2, math.isqrt(p) + 1))
 
 
-def noise_floor(eps: float, k: int) -> float:
-    """Entropy in bits of an answer that is right w.p. 1 - eps, else uniform over the k - 1 wrong ones."""
-    if eps <= 0:
-        return 0.0
-    h = -eps * math.log2(eps) - (1 - eps) * math.log2(1 - eps) if eps < 1 else 0.0
-    return h + eps * log2(k - 1)
+@dataclass
+class ModularConfig(TaskConfig):
+    name: str = "modular"
+    """Which registered task (`python -m lab tasks` lists them)."""
+    op: OpName = "x+y"
+    """The operation, one of Power et al.'s (x/y and the odd/even one need p prime)."""
+    p: int = 97
+    """The modulus: residues 0..p-1, one token each."""
+    train_fraction: float = 0.3
+    """Share of the table in the train split (the rest is held out)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.p >= 2, "task.p", f"{self.p} is not a modulus >= 2")
+        check(self.p <= 10_000, "task.p", f"{self.p} is more than 10,000 (the table has p^2 rows in memory)")
+        if self.op in DIVIDES:
+            check(is_prime(self.p), "task.p", f"{self.p} is not prime; {self.op} needs inverses mod p")
+        check(0 < self.train_fraction < 1, "task.train_fraction", f"{self.train_fraction} is not in (0, 1)")
+        n = self.p * (self.p - 1 if OPS[self.op][1] else self.p)
+        check(1 <= round(self.train_fraction * n) < n, "task.train_fraction",
+              f"{self.train_fraction} leaves an empty split of the {n} examples")
 
 
-class Finite(Task):
-    """A table of examples with a seeded train / held-out split, shared by the finite tasks."""
-
-    finite = True
-
-    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray,
-               train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
-        """The layout `x op y = z` over K = len(names) element tokens (token i is element i), then the
-        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values). Sets
-        vocabulary, layout, table, split, label noise, floors and loss mask."""
-        K = len(names)
-        self.vocab = names + [symbol, "="]
-        self.seq_len, self.answer_start = 5, 4
-        self.target_names = ["o", "y", "=", "z"]
-        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
-        table = np.stack([x, col(K), y, col(K + 1), z], axis=1).astype(np.int64)  # (N, 5)
-        self.answer_tokens, self.answer_index = np.arange(K), z
-        self._split(table, train_fraction, seed)
-        self._add_label_noise(label_noise, K, seed)
-        self.known = np.array([True, True, True, True, False])  # the question x op y = is the row's layout
-        self.floor_bits = np.array([0.0, 0.0, 0.0, noise_floor(label_noise, K)])  # H(z | x, y)
-        self.uniform_bits = np.array([0.0, 0.0, 0.0, log2(K)])
-        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
-
-    def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
-        self.table = table  # (N, T)
-        perm = rng_for(seed, 3).permutation(len(table))
-        n_train = round(train_fraction * len(table))
-        self.train_idx, self.val_idx = perm[:n_train], perm[n_train:]
-
-    def _add_label_noise(self, eps: float, k: int, seed: int) -> None:
-        """Replace the answer (last token) by a uniformly drawn wrong one w.p. eps, fixed per example."""
-        self.clean_answers = self.table[:, -1].copy()
-        if eps > 0:
-            rng = rng_for(seed, 2)
-            flip = rng.random(len(self.table)) < eps
-            shift = rng.integers(1, k, size=len(self.table))  # 1..k-1: never the right answer
-            self.table[flip, -1] = self.answer_tokens[(self.answer_index[flip] + shift[flip]) % k]
-
-    def table_size(self) -> int:
-        return len(self.table)
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return math.ceil(len(self.train_idx) / batch_size)
-
-    def batch_size(self, requested: int) -> int:
-        return requested or len(self.train_idx)  # 0: the whole train split
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """(n_train,) table indices of the train split in the seeded order of `epoch`."""
-        return self.train_idx[rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))].astype(np.int64)
-
-    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, j = divmod(step, self.steps_per_epoch(batch_size))
-        ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
-        return ids, np.full(len(ids), epoch == 0)
-
-    def train_batch(self, step: int, batch_size: int) -> Batch:
-        ids, new = self.schedule(step, batch_size)
-        return Batch(self.table[ids], ids, new)
-
-    def layout(self, ids: np.ndarray) -> np.ndarray:
-        return np.where(self.known, self.table[ids], 0)  # (B, T) the question, answer unknown
-
-    def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
-        """Epoch 0 sends the train split in its seeded order; later epochs send nothing new."""
-        return self._epoch_order(0)[: steps * batch_size]
-
-    def eval_sets(self) -> dict[str, np.ndarray]:
-        sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
-        if (self.table[:, -1] != self.clean_answers).any():  # label noise: also score the true rule
-            clean = self.table[self.val_idx].copy()
-            clean[:, -1] = self.clean_answers[self.val_idx]
-            sets["val_clean"] = clean
-        return sets
-
-    def eval_ids(self) -> dict[str, np.ndarray]:
-        return {"val": self.val_idx, "train": self.train_idx, "val_clean": self.val_idx}
-
-
+@register
 class Modular(Finite):
+    name = "modular"
+    Config = ModularConfig
+    small = {"p": 5, "train_fraction": 0.6}
+
     def __init__(
         self,
         op: str = "x+y",

@@ -9,16 +9,19 @@ Token layout: one token per permutation (index in lexicographic order of the 120
 
 The table holds all 120 x 120 pairs (14,400 examples); the answer's floor is 0, or
 H(eps) + eps log2 119 with label noise eps. The train/held-out split and the epochs work as for the
-modular tasks (`lab.tasks.modular.Finite`).
+modular tasks (`lab.tasks.base.Finite`).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from lab.tasks.modular import Finite
+from lab.config import TaskConfig, check
+from lab.tasks.base import Finite, register
 
 PERMS = np.array(list(itertools.permutations(range(5))))  # (120, 5)
 INDEX = {tuple(p): i for i, p in enumerate(PERMS.tolist())}
@@ -40,7 +43,29 @@ OPS = {
 }
 
 
+OpName = Literal[tuple(OPS)]
+
+
+@dataclass
+class PermutationConfig(TaskConfig):
+    name: str = "permutation"
+    """Which registered task (`python -m lab tasks` lists them)."""
+    op: OpName = "x*y"
+    """The operation on S5 (composition (x*y)(i) = x(y(i)))."""
+    train_fraction: float = 0.3
+    """Share of the 14,400-row table in the train split (the rest is held out)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(0 < self.train_fraction < 1, "task.train_fraction", f"{self.train_fraction} is not in (0, 1)")
+
+
+@register
 class Permutation(Finite):
+    name = "permutation"
+    Config = PermutationConfig
+    small = {"train_fraction": 0.02}
+
     def __init__(self, op: str = "x*y", train_fraction: float = 0.3, loss_on: str = "answer",
                  label_noise: float = 0.0, seed: int = 0):
         self.op, self.seed = op, seed
