@@ -56,9 +56,9 @@ def test_options_are_typed_documented_and_registered(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_another_tasks_option_is_an_error_naming_the_key(name):
-    other = next(n for n in NAMES if n != name)
     own = {f.name for f in fields(TASKS[name].Config)}
-    foreign = next(f.name for f in fields(TASKS[other].Config) if f.name not in own)
+    foreign = next((f.name for other in NAMES if other != name for f in fields(TASKS[other].Config)
+                    if f.name not in own), "no_such_option")
     with pytest.raises(ConfigError, match=f"^task.{foreign}"):
         load(None, [f"task.name={name}", f"task.{foreign}=1"])
 
