@@ -8,7 +8,7 @@ compressed by gzip -9, bzip2 -9, xz -9e and zstd -19 (those found on PATH); the 
 bits callback logs in a training run over the same N examples (`python -m lab train`); the size of the
 lab's real arithmetic-coded file (`python -m lab compress`), round-tripped by `python -m lab decompress`
 for N <= --decode-max; and the floor. Prints one table in bits per example and total size, then the
-coder's speed.
+coder's speed against the training run's wall time on the same examples (run nothing else meanwhile).
 
 Every command for one N uses the largest batch size up to the config's that divides N (250 for
 addition at N = 10^4, 10^5, 10^6), so the training run, the coder and the text hold the same N examples.
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--decode-max", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--set", nargs="*", default=[], help="key=value for every lab command, e.g. train.threads=1")
     args = ap.parse_args()
     from lab.coder import read
     from lab.config import load
@@ -66,12 +67,12 @@ def main() -> None:
         tmp = Path(tmp)
         for name in args.tasks:
             config, overrides = TASKS[name]
-            cfg = load(config, overrides)
+            cfg = load(config, [*overrides, *args.set])
             task = make_task(cfg)
             for n in args.sizes:
                 # the largest batch <= the config's that divides N: every command sees exactly N examples
                 batch = max(d for d in range(1, task.batch_size(cfg.train.batch_size) + 1) if n % d == 0)
-                overrides = [*TASKS[name][1], f"train.batch_size={batch}"]
+                overrides = [*TASKS[name][1], *args.set, f"train.batch_size={batch}"]
                 text = tmp / f"{name}-{n}.txt"
                 lab("dump", config, *overrides, "--examples", str(n), "-o", str(text))
                 sizes = {k: len(subprocess.run(cmd + [str(text)], capture_output=True, check=True).stdout) * 8
@@ -82,6 +83,7 @@ def main() -> None:
                     f"train.eval_every={steps + 1}", f"log.dir={tmp}", f"log.name={run}", "log.progress_bar=false",
                     "log.wandb=false")
                 summary = json.loads((tmp / run / "summary.json").read_text())
+                train_s = summary["wall_seconds_this_session"]
                 first_pass = summary["bits/examples"]
                 logged = summary["bits/total"]
                 code = tmp / f"{run}.clab"
@@ -92,11 +94,12 @@ def main() -> None:
                 if n <= args.decode_max:
                     dec_s, dec_tps = _timing(lab("decompress", str(code), "-o", str(tmp / "back.txt")))
                     same = (tmp / "back.txt").read_bytes() == text.read_bytes()
-                    dec = (f"{dec_tps:.0f} tokens/s ({dec_s:.0f} s, {dec_s / enc[0]:.2f}x encode), "
+                    dec = (f"{dec_tps:.0f} tokens/s ({dec_s:.0f} s, {dec_s / train_s:.2f}x training), "
                            f"round trip {'exact' if same else 'WRONG'}")
                 floor = first_pass * task.floor_bits_per_example  # first-pass examples (all N for addition)
                 rows.append((name, n, sizes, logged, code_bits, file_bits, floor))
-                speed.append(f"| {name} | {n} | {batch} | {enc[1]:.0f} tokens/s ({enc[0]:.0f} s) | {dec} |")
+                speed.append(f"| {name} | {n} | {batch} | {train_s:.0f} s | {enc[1]:.0f} tokens/s ({enc[0]:.0f} s, "
+                             f"{enc[0] / train_s:.2f}x training) | {dec} |")
                 print(f"done {name} {n}", file=sys.stderr, flush=True)
 
     cols = list(found) + ["lab, logged bits", "lab, code", "lab, whole file", "floor"]
@@ -110,9 +113,10 @@ def main() -> None:
     if missing:
         print(f"\nnot on this machine: {', '.join(missing)}")
     print("\n'whole file' adds the JSON header: config, versions and a 16-hex-digit checksum per batch.")
-    print("\ncoder speed, coded tokens per second (each side also trains: one step per batch)\n")
-    print("| task | N | batch | encode | decode |")
-    print("|---|---|---|---|---|")
+    print("\ncoder speed, coded tokens per second (each side also trains: one step per batch), against the "
+          "training run over the same examples (`lab train`, every callback, one final evaluation)\n")
+    print("| task | N | batch | training | encode | decode |")
+    print("|---|---|---|---|---|---|")
     print("\n".join(speed))
 
 

@@ -9,11 +9,14 @@ by position (each position's distribution needs the decoded prefix), and take th
 examples (finite tasks, later epochs) are not coded: the receiver has them. Dropout masks are a pure
 function of (seed, step), so the receiver's steps draw the sender's.
 
-Determinism: on a CPU the bits of a forward pass depend on the tensor's shape, and the receiver only
-knows a prefix. Both sides therefore compute the coding distributions the same way: incrementally, one
-position at a time for the whole (B,) batch, with a key/value cache (`Coding`). The same calls on the
-same shapes and the same values give the same bits, and each side pays about one forward pass per
-batch. The thread count is fixed by the file.
+Determinism: the receiver knows only a prefix, so it computes the distributions one position at a time
+(`Coding`), with `lab.model.RowCache`: each position's row goes through the whole-sequence forward's
+shapes, so it equals, bit for bit, the row of the training forward's logits. The sender therefore codes
+with the logits its training step computes anyway (`LabModule.step`): encoding costs little more than
+training. That equality is a property of the machine's kernels (rows of a product must not depend on
+how many rows are multiplied); the sender checks it on each batch shape it meets, with the receiver's
+computation, and codes with the receiver's distributions wherever it fails, so the file decodes either
+way. The thread count is fixed by the file.
 Each batch's coding distributions have a checksum in the file: a receiver that diverges stops with an
 error instead of writing a wrong stream.
 
@@ -39,10 +42,12 @@ import numpy as np
 import torch
 
 from lab.config import Config, ConfigError, from_dict, to_dict
+from lab.model import RowCache
 from lab.module import LabModule
 from lab.tasks import make_task
 
-FORMAT = 2  # 2: the stream of lab.bits (known tokens free, law-coded positions)
+FORMAT = 3  # 2: the stream of lab.bits (known tokens free, law-coded positions); 3: rows as the whole forward
+MIN_ROWS = 64  # the receiver's row pass multiplies at least this many rows (small counts take other kernels)
 MAGIC = b"CLAB"
 LIBRARIES = ("torch", "numpy", "constriction", "compression-lab")
 CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -69,17 +74,27 @@ class Stats:
         return self.coded_tokens / self.seconds
 
 
-class Coding:
-    """The coding distributions of one batch, position by position: feed token t, get q(x_{t+1} | x_<=t)."""
+def distributions(logits: torch.Tensor) -> np.ndarray:
+    """Logits (..., V) -> (..., V) float64 coding distributions."""
+    return torch.softmax(logits.double(), dim=-1).numpy()
 
-    def __init__(self, model):
-        self.model, self.cache = model, []
+
+class Coding:
+    """The coding distributions of one batch, position by position: feed token t, get q(x_{t+1} | x_<=t),
+    the row of the whole-sequence forward at t (`RowCache`). Fewer than MIN_ROWS rows are padded with
+    copies of the first (both sides pad alike)."""
+
+    def __init__(self, model, T: int):
+        self.model, self.cache = model, RowCache(T)
 
     @torch.no_grad()
     def next(self, tokens: np.ndarray) -> np.ndarray:
         """tokens (B,) at the next position -> (B, V) float64 distribution of the token after it."""
-        logits = self.model(torch.from_numpy(tokens)[:, None], self.cache)[:, -1]  # (B, V)
-        return torch.softmax(logits.double(), dim=-1).numpy()
+        tok = torch.from_numpy(tokens)  # (B,)
+        if len(tok) < MIN_ROWS:
+            tok = torch.cat([tok, tok[:1].expand(MIN_ROWS - len(tok))])
+        logits = self.model(tok[:, None], self.cache)[: len(tokens), -1]  # (B, V)
+        return distributions(logits)
 
 
 class Replay:
@@ -90,8 +105,7 @@ class Replay:
             raise ConfigError("train.devices: compression runs one process in fp32")
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights as `lab train`
         self.cfg, self.task = cfg, make_task(cfg)
-        self.module = LabModule(self.cfg, self.task)
-        self.module.per_token_loss = False  # the coder computes its distributions itself (`Coding`)
+        self.module = LabModule(self.cfg, self.task)  # (its step returns the logits the sender codes with)
         conf = self.module.configure_optimizers()
         self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
         self.batch_size = self.task.batch_size(cfg.train.batch_size)
@@ -105,24 +119,28 @@ class Replay:
 
     def coding(self) -> Coding:
         self.module.model.eval()
-        return Coding(self.module.model)
+        return Coding(self.module.model, self.task.block_size)
 
-    def step(self, x: np.ndarray, step: int) -> None:
-        """Training step `step` on the whole batch: the function `lab train` runs."""
-        self.module.step(torch.from_numpy(x), self.opt, self.sched, step)
+    def step(self, x: np.ndarray, step: int) -> np.ndarray:
+        """Training step `step` on the whole batch: the function `lab train` runs. -> (B, T-1, V) the
+        coding distributions of the weights before it (the rows a receiver's `Coding` computes)."""
+        _, _, logits = self.module.step(torch.from_numpy(x), self.opt, self.sched, step)
+        return distributions(logits)
 
-    def code(self, x: np.ndarray, rows: np.ndarray, code_one) -> tuple[str, float]:
+    def code(self, x: np.ndarray, rows: np.ndarray, code_one, q: np.ndarray | None = None) -> tuple[str, float]:
         """Position by position over the batch x (B, T): for each sent target t, the (n, V) coding
-        distribution of the n rows being sent, from the model (incrementally, every row feeding the key/
-        value cache) or from the task's law; `code_one(t, p)` encodes x[rows, t+1], or decodes it into x.
-        -> (checksum of the distributions, sum of -log2 p of the coded tokens)."""
-        task, coding, h, bits = self.task, self.coding(), hashlib.sha256(), 0.0
+        distribution of the n rows being sent, from the model or from the task's law; `code_one(t, p)`
+        encodes x[rows, t+1], or decodes it into x. The model's distributions are `q` (B, T-1, V) when the
+        sender has them from its training forward, else computed position by position (`Coding`, every
+        row feeding the cache). -> (checksum of the distributions, sum of -log2 p of the coded tokens)."""
+        task, h, bits = self.task, hashlib.sha256(), 0.0
+        coding = self.coding() if q is None else None
         last = np.flatnonzero(task.sent)[-1]
         for t in range(last + 1):
-            q = coding.next(x[:, t])  # (B, V): the model's law of x[:, t+1]
+            qt = coding.next(x[:, t]) if coding is not None else q[:, t]  # (B, V): the model's law of x[:, t+1]
             if not task.sent[t]:
                 continue
-            p = np.ascontiguousarray(q[rows] if task.model_coded[t] else task.law_probs(x[rows], t))  # (n, V)
+            p = np.ascontiguousarray(qt[rows] if task.model_coded[t] else task.law_probs(x[rows], t))  # (n, V)
             code_one(t, p)
             h.update(p.tobytes())
             bits -= float(np.log2(p[np.arange(len(rows)), x[rows, t + 1]]).sum())
@@ -169,25 +187,33 @@ def _compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
     encoder = constriction.stream.queue.RangeEncoder()
     checksums, coded, ideal_bits = [], 0, 0.0
     plan = replay.plan(n_examples)
+    rows_equal: dict[int, bool] = {}  # batch size -> the training forward's rows equal the receiver's
     for step, ids, new in plan:
         x = task.train_batch(step, replay.batch_size).x[: len(ids)]  # (B, T) the data to send
         rows = np.flatnonzero(new)
+        last = step == len(plan) - 1  # (no step after the last batch: nothing is coded after it)
+        receiver = None
+        if len(rows) and (last or not rows_equal.get(len(x), False)):  # the receiver's computation
+            coding = replay.coding()
+            receiver = np.stack([coding.next(x[:, t]) for t in range(task.block_size)], axis=1)  # (B, T-1, V)
+        q = None if last else replay.step(x, step)  # the training step's own distributions
+        if receiver is not None and q is not None and len(x) not in rows_equal:
+            rows_equal[len(x)] = np.array_equal(receiver, q)
         checksum = ""
         if len(rows):
             def encode(t, p, x=x, rows=rows):
                 encoder.encode(x[rows, t + 1].astype(np.int32), CATEGORICAL, p)
 
-            checksum, bits = replay.code(x, rows, encode)
+            checksum, bits = replay.code(x, rows, encode, q if receiver is None else receiver)
             ideal_bits += bits
             coded += len(rows) * int(task.sent.sum())
         checksums.append(checksum)
-        if step < len(plan) - 1:  # (no step after the last batch: nothing is coded after it)
-            replay.step(x, step)
     code = encoder.get_compressed()  # uint32 words
     header = {
         "format": FORMAT, "config": to_dict(cfg), "libraries": library_versions(),
         "threads": torch.get_num_threads(), "examples": n_examples, "params": replay.param_checksum_at_start,
         "batches": checksums, "coded_tokens": coded, "ideal_bits": ideal_bits,
+        "rows_equal": {str(k): v for k, v in rows_equal.items()},  # where the sender could code with its forward
     }
     _write(Path(out), header, code)
     return Stats(n_examples, coded, ideal_bits, 32 * len(code), time.time() - t0)

@@ -61,6 +61,62 @@ class GPTConfig:
             raise ValueError(f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}")
 
 
+_QUERY_ROWS: dict[tuple, int] = {}  # (attention shapes, threads, device) -> query rows that reproduce the whole
+
+
+def query_rows(attn: CausalSelfAttention, B: int, h: int, T: int, d: int, device) -> int:
+    """The fewest query rows (4, 8, 16, ... up to T) whose attention products reproduce, row for row and
+    bit for bit, the whole forward's T-row products on this machine. A product of few rows may take
+    other kernels and round differently (one row always does; 4 do for head sizes of 8 or more here, a
+    head size of 6 needs all T); found once per shape on random data, the same way on both sides."""
+    key = (B, h, T, d, torch.get_num_threads(), str(device))
+    if key not in _QUERY_ROWS:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, h, T, d, generator=g).to(device) for _ in range(3))
+        whole = attn._attend(q, k, v, True)  # (B, h, T, d)
+        rows = 4
+        while rows < T:
+            firsts = {max(0, min(pos, T - rows)) for pos in range(T)}
+            if all(torch.equal(attn._attend(q[:, :, f : f + rows].contiguous(), k, v, True, f),
+                               whole[:, :, f : f + rows]) for f in firsts):
+                break
+            rows *= 2
+        _QUERY_ROWS[key] = min(rows, T)
+    return _QUERY_ROWS[key]
+
+
+class RowCache:
+    """Decoding one position at a time, *bit for bit* as the whole-sequence forward.
+
+    The plain cache (a list, `score_and_generate`) multiplies one query row by the past keys: fast, but
+    a (1, d) x (d, t) product may round differently from the row of the (T, d) x (d, T) product the
+    whole-sequence forward takes. This cache keeps each layer's queries, keys and values in (B, h, T, d)
+    buffers laid out as the whole forward's (contiguous; zeros ahead of the position) and multiplies
+    a few query rows around `pos` (`query_rows`) by all T keys, masked as the whole forward masks them, then keeps
+    row `pos`: the products, masks and softmaxes take the whole forward's kernels, so the row is the same
+    row. The linear layers, LayerNorms and rotations act row by row (or element by element), and on CPU
+    a row of a product does not depend on how many rows are multiplied at once (from a few on: the coder
+    pads small batches). So a receiver who knows only a prefix computes exactly the distributions of the
+    sender's training forward (`lab.coder`, which checks this on the machine; the receiver also checks
+    every batch's distributions against the sender's checksums)."""
+
+    def __init__(self, T: int):
+        self.T, self.pos, self.layers = T, 0, []  # layers: (Q, K, V) each (B, h, T, d)
+
+    def attend(self, attn: CausalSelfAttention, layer: int, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> torch.Tensor:
+        """q, k, v (B, h, 1, d) of the new position -> its attention output (B, h, 1, d)."""
+        if len(self.layers) <= layer:
+            self.layers.append(tuple(q.new_zeros(*q.shape[:2], self.T, q.shape[3]) for _ in range(3)))
+        Q, K, V = self.layers[layer]
+        pos = self.pos
+        Q[:, :, pos], K[:, :, pos], V[:, :, pos] = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        rows = query_rows(attn, *Q.shape, Q.device)
+        first = max(0, min(pos, self.T - rows))
+        y = attn._attend(Q[:, :, first : first + rows].contiguous(), K, V, True, first)  # (B, h, rows, d)
+        return y[:, :, pos - first : pos - first + 1]
+
+
 class CausalSelfAttention(nn.Module):
     fused: bool | None = None  # scaled_dot_product_attention (True) or explicit (False); None: fused on CUDA
 
@@ -83,7 +139,25 @@ class CausalSelfAttention(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., d/2)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
-    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, first: int = 0) -> torch.Tensor:
+        """(B, h, t, d) queries, (B, h, s, d) keys and values -> (B, h, t, d). causal: the queries are the
+        positions first..first+t-1 of the s keys' (all of them, first = 0, in the whole forward)."""
+        p = self.dropout if self.training else 0.0
+        fused = q.is_cuda if self.fused is None else self.fused
+        mask = self.causal_mask(k.shape[2], q.device)[first : first + q.shape[2]] if causal else None  # (t, s)
+        if fused:
+            if first == 0 and q.shape[2] == k.shape[2]:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else ~mask, dropout_p=p)
+        # on CPU, explicit attention is faster for short rows (in bf16, 3x the whole step)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, t, s)
+        if causal:
+            att = att.masked_fill(mask, float("-inf"))
+        att = F.dropout(att.softmax(-1), p, self.training)
+        return att @ v  # (B, h, t, d)
+
+    def forward(self, x: torch.Tensor, cache: list | RowCache | None = None, layer: int = 0,
+                rope=None) -> torch.Tensor:
         """x (B, t, C) -> (B, t, C). With `cache`, keys and values of earlier positions are read from and
         appended to cache[layer]; then t must be the whole sequence (no past) or a single new token.
         `rope` (cos, sin), each (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
@@ -92,7 +166,10 @@ class CausalSelfAttention(nn.Module):
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, t, 2, h, d), (B, t, h, d)
         if rope is not None:
             qk = self.rotate(qk, rope)  # queries and keys in one go
-        q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d)
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d) (RowCache's layout)
+        if isinstance(cache, RowCache):
+            y = cache.attend(self, layer, q, k, v)  # (B, h, 1, d)
+            return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
         if cache is not None:
             if len(cache) > layer:
                 k = torch.cat([cache[layer][0], k], dim=2)  # (B, h, past + t, d)
@@ -103,16 +180,7 @@ class CausalSelfAttention(nn.Module):
         causal = k.shape[2] == T  # no past: causal mask; one token after a past: it sees everything
         if not causal and T != 1:
             raise ValueError("with a cache, feed the whole sequence or one token at a time")
-        p = self.dropout if self.training else 0.0
-        fused = q.is_cuda if self.fused is None else self.fused
-        if fused:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)  # (B, h, t, d)
-        else:  # on CPU, explicit attention is faster for short rows (in bf16, 3x the whole step)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, t, past + t)
-            if causal:
-                att = att.masked_fill(self.causal_mask(T, att.device), float("-inf"))
-            att = F.dropout(att.softmax(-1), p, self.training)
-            y = att @ v  # (B, h, t, d)
+        y = self._attend(q, k, v, causal)  # (B, h, t, d)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, t, C)
         return self.resid_drop(self.c_proj(y))
 
@@ -130,7 +198,7 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: list | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: list | RowCache | None = None, layer: int = 0, rope=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, rope)  # (B, t, C)
         return x + self.mlp(self.ln_2(x))
 
@@ -176,13 +244,19 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: list | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: list | RowCache | None = None) -> torch.Tensor:
         """idx (B, t) int64 token ids -> logits (B, t, V).
 
         `cache` (a list, initially empty) keeps each layer's keys and values for incremental decoding:
-        the positions of idx continue after the cached ones."""
+        the positions of idx continue after the cached ones. A `RowCache` takes one token at a time and
+        gives exactly the logits of the whole-sequence forward at that position."""
         B, T = idx.shape
-        past = cache[0][0].shape[2] if cache else 0
+        if isinstance(cache, RowCache):
+            if T != 1 or cache.pos >= min(cache.T, self.cfg.block_size):
+                raise ValueError("a RowCache takes one token at a time, within its T positions")
+            past = cache.pos
+        else:
+            past = cache[0][0].shape[2] if cache else 0
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.cfg.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)  # (t,)
@@ -195,6 +269,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)
+        if isinstance(cache, RowCache):
+            cache.pos += 1
         return self.lm_head(self.ln_f(x))  # (B, t, V)
 
     def num_params(self) -> int:

@@ -89,23 +89,25 @@ class LabModule(L.LightningModule):
         return trained.sum() * (world / ((n_global or len(x)) * trained.shape[1])), logits
 
     def step(self, x: torch.Tensor, opt, sched, step: int, n_global: int | None = None, world: int = 1,
-             backward=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             backward=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The training step on rows x (B, T), optimizer step `step` (0-based): forward, backward, Grokfast,
         gradient clipping, optimizer and schedule. -> (detached loss, per-token nats (B, T-1) float64
-        under the model before the step, or None when `per_token_loss` is off)."""
+        under the model before the step, and the logits (B, T-1, V) they come from (detached; the coder
+        codes with them); both None when `per_token_loss` is off)."""
         dropout = self.model.cfg.dropout > 0
         if dropout:
             torch.manual_seed(dropout_seed(self.cfg.seed, step))
         self.model.train()
         loss, logits = self.loss(x, n_global, world)
-        nats = None
+        nats = bits_logits = None
         if self.per_token_loss:
             if dropout:  # code with the model a receiver can run: the same weights, no dropout
                 self.model.eval()
                 with torch.no_grad():
                     logits = self.model(x[:, :-1])
                 self.model.train()
-            nats = token_nats(logits, x[:, 1:])  # (B, T-1)
+            bits_logits = logits.detach()
+            nats = token_nats(bits_logits, x[:, 1:])  # (B, T-1)
         opt.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(loss)
         self._grokfast()
@@ -114,13 +116,13 @@ class LabModule(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         opt.step()
         sched.step()
-        return loss.detach(), nats
+        return loss.detach(), nats, bits_logits
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         x = batch["x"]  # (B, T) this process's rows of the global batch
         step = self.trainer.global_step
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step uses
-        loss, nats = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
+        loss, nats, _ = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
                                self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
         self.log("train/loss", loss, prog_bar=True, logger=False)

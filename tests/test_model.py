@@ -120,3 +120,34 @@ def test_rotary_scores_depend_on_the_difference_of_ids_only():
     assert not hasattr(model, "wce")
     with pytest.raises(ValueError, match="rotary embeddings need coupled_ids"):
         GPT(GPTConfig(vocab_size=14, block_size=8, rotary=True))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_cache_gives_the_whole_forwards_rows_bit_for_bit(threads, root):
+    """What the coder rests on: decoding one position at a time with a RowCache (batches padded as the
+    coder pads them) yields exactly the training forward's logits, for every config, every batch size."""
+    import glob
+
+    import numpy as np
+
+    from lab.coder import Coding, distributions
+    from lab.config import load
+    from lab.module import LabModule
+    from lab.tasks import make_task
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for path in sorted(glob.glob(f"{root}/configs/*.yaml")):
+            cfg = load(path)
+            task = make_task(cfg)
+            model = LabModule(cfg, task).model
+            for B in (1, 5, 64):
+                x = task.train_batch(0, B).x
+                model.train(cfg.model.dropout == 0)  # (with dropout the coder's forward is the eval one)
+                full = distributions(model(torch.from_numpy(x)[:, :-1]).detach())
+                coding = Coding(model.eval(), task.block_size)
+                rows = np.stack([coding.next(x[:, t]) for t in range(task.block_size)], axis=1)
+                assert np.array_equal(rows, full), (path, B)
+    finally:
+        torch.set_num_threads(old)

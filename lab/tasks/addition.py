@@ -38,9 +38,9 @@ uniform), so a chain of k digits has chance ~q^k. Each such b digit then carries
 H(q + (1-q)/10, (1-q)/10 x 9) bits instead of log2 10.
 
 The stream never yields a held-out or chain pair: colliding rows are redrawn, so the operands follow
-that law restricted to the other pairs (`lab.tasks.operands.OperandLaw`). The floors above are for that law, exactly: for
-n = 8 it moves them by about 1e-13 bit, for n = 2 with 2,000 of 8,100 pairs held out the operands carry
-log2 6100 = 12.575 bits, not 12.984.
+that law restricted to the other pairs (`lab.tasks.operands.OperandLaw`). The floors above are for that
+law, exactly: for n = 8 it moves them by about 1e-13 bit, for n = 2 with 2,000 of 8,100 pairs held out
+the operands carry log2 6100 = 12.575 bits, not 12.984.
 """
 
 from __future__ import annotations
