@@ -216,6 +216,30 @@ def from_dict(d: dict) -> Config:
     return load(None, (), base=d)
 
 
+# a run's config.yaml from before tasks had their own options held every task's keys at these values
+_FLAT_TASK_DEFAULTS = {"n_digits": 8, "leading_zeros": False, "reverse_answer": False, "n_heldout": 2000,
+                       "n_chain": 200, "chain_prob": 0.0, "op": "", "p": 97, "train_fraction": 0.3}
+
+
+def load_saved(path: str | Path, overrides: list[str] = ()) -> Config:
+    """A run's saved config.yaml (to resume it), with overrides. A config saved before each task had its
+    own options lists every task's keys: those another task owns, at their old defaults, are dropped,
+    and the old `op: ''` means the task's default operation."""
+    from lab.tasks import TASKS
+
+    d = OmegaConf.to_container(OmegaConf.load(path))
+    task = d.get("task", {})
+    cls = TASKS.get(task.get("name", TaskConfig.name))
+    if cls is not None:
+        own = {f.name for f in fields(cls.Config)}
+        for key, old in _FLAT_TASK_DEFAULTS.items():
+            if key in task and key not in own and task[key] == old:
+                del task[key]
+        if task.get("op") == "" and "op" in own:
+            task["op"] = cls.Config().op
+    return load(None, overrides, base=d)
+
+
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 

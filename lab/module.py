@@ -123,7 +123,7 @@ class LabModule(L.LightningModule):
         step = self.trainer.global_step
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step uses
         loss, nats, _ = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
-                               self.trainer.world_size, self.manual_backward)
+                                  self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
         self.log("train/loss", loss, prog_bar=True, logger=False)
         if (step + 1) % self.cfg.log.every == 0:  # float64 rows with the exact examples_seen

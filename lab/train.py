@@ -30,7 +30,7 @@ import torch
 
 from lab.bits import Bits
 from lab.callbacks import Checkpoints, ProgressBar, Report
-from lab.config import Config, ConfigError, diff, load, to_dict, to_yaml
+from lab.config import Config, ConfigError, diff, load_saved, to_dict, to_yaml
 from lab.data import LabData
 from lab.loggers import JsonlLogger, make_wandb_logger, write_atomic
 from lab.module import LabModule
@@ -70,7 +70,7 @@ def resume_paths(resume: str) -> tuple[Path, Path]:
 def resume_config(resume: str, overrides: list[str]) -> Config:
     """The saved configuration of the run being resumed, with overrides applied."""
     run_dir, _ = resume_paths(resume)
-    return load(run_dir / "config.yaml", overrides)
+    return load_saved(run_dir / "config.yaml", overrides)
 
 
 class RunLock:
@@ -120,7 +120,7 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
     """(run directory, checkpoint to resume from, its step). Rank 0 creates; other ranks reuse."""
     if cfg.train.resume:
         run_dir, ckpt = resume_paths(cfg.train.resume)
-        saved = load(run_dir / "config.yaml")
+        saved = load_saved(run_dir / "config.yaml")
         changed = diff(saved, cfg)
         if changed:
             raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")

@@ -1,0 +1,104 @@
+"""Which compression statistic tracks generalization across a sweep? Candidates scored by Spearman's rho.
+
+    python experiments/sweep_statistics.py runs/sweeps/grokking-fraction-wd
+
+For each run of a table-task sweep (its last checkpoint and metrics), the candidates are computed from
+the training side only (no held-out row enters them) and ranked against the final validation accuracy:
+
+    dl/table            prequential code of the whole table (first pass + held-out rows: reads held-out)
+    dl/model            the two-part code's weights, quantization step relative to each tensor's std
+                        (the lab's `lab.twopart`, as logged)
+    dl/model (absolute) the same with one absolute step for every tensor (coarsest on a sqrt-2 ladder
+                        within 0.05 bits per train row): smaller weights, fewer bits
+    ... per train row   each divided by the number of train rows (the train fraction's confound)
+    weight norm         the L2 norm of all weights
+
+Prints one table (each run's values) and the rho of each candidate. Results: experiments/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from lab.config import load_saved  # noqa: E402
+from lab.loggers import read_metrics  # noqa: E402
+from lab.module import LabModule  # noqa: E402
+from lab.report import spearman  # noqa: E402
+from lab.tasks import make_task  # noqa: E402
+from lab.twopart import data_bits, dequantize, encode_weights  # noqa: E402
+
+LADDER = [2.0 ** (-i / 2) for i in range(31)]  # absolute steps 1 .. 2^-15, sqrt 2 apart
+
+
+def absolute_dl_model(model, task, tol: float = 0.05) -> tuple[float, float]:
+    """(step, bits): the coarsest absolute step on LADDER keeping the train split within tol bits per row,
+    and the range-coded size of the weights at that step (`lab.twopart.encode_weights`)."""
+    x = torch.from_numpy(task.eval_sets()["train"])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    base = data_bits(model, task, x)
+    try:
+        for step in LADDER:
+            ints = {k: np.rint(v.double().numpy() / step).astype(np.int64) for k, v in state.items()}
+            if max(int(abs(q).max()) for q in ints.values()) >= 2**15:
+                continue
+            steps = {k: float(np.float32(step)) for k in state}
+            model.load_state_dict(dequantize(ints, steps))
+            if data_bits(model, task, x) <= base + tol * len(x):
+                break
+        return step, float(32 * len(encode_weights(ints, steps)))
+    finally:
+        model.load_state_dict(state)
+
+
+def run_row(run: Path) -> dict:
+    cfg = load_saved(run / "config.yaml")
+    task = make_task(cfg)
+    module = LabModule(cfg, task)
+    module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                                      weights_only=False)["state_dict"])
+    model = module.model.eval()
+    last: dict = {}
+    for r in read_metrics(run / "metrics.jsonl"):
+        last.update({k: v for k, v in r.items() if v is not None})
+    step, bits = absolute_dl_model(model, task)
+    n = len(task.eval_sets()["train"])
+    return {"run": run.name, "val acc": last["val/exact_match"], "train rows": n, "dl/table": last.get("dl/table"),
+            "dl/model": last.get("dl/model"), "dl/model (absolute)": bits, "absolute step": step,
+            "weight norm": math.sqrt(sum(float((v.double() ** 2).sum()) for v in model.state_dict().values()))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", help="a sweep directory (runs/sweeps/<name>)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = [run_row(p.parent.parent) for p in sorted(Path(args.sweep).glob("*/checkpoints/last.ckpt"))]
+    for r in rows:
+        for key in ("dl/table", "dl/model", "dl/model (absolute)"):
+            if r[key] is not None:
+                r[f"{key} per train row"] = r[key] / r["train rows"]
+    keys = [k for k in rows[0] if k not in ("run", "val acc", "train rows", "absolute step")]
+    print("| run | val acc | train rows | " + " | ".join(keys) + " |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for r in rows:
+        print(f"| {r['run']} | {r['val acc']:.4f} | {r['train rows']} | "
+              + " | ".join("-" if r[k] is None else f"{r[k]:.4g}" for k in keys) + " |")
+    acc = [r["val acc"] for r in rows]
+    print("\n| statistic | Spearman rho against validation accuracy |\n|---|---|")
+    for k in keys:
+        if all(r[k] is not None for r in rows):
+            print(f"| {k} | {spearman([r[k] for r in rows], acc):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
