@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -299,7 +300,7 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
             args.append(f"train.resume={run_dir}")
         cmd = [sys.executable, "-m", "lab", "train", *args]
         if dry_run:
-            return {**record, "status": "would run", "command": " ".join(cmd)}
+            return {**record, "status": "would run", "command": shlex.join(cmd)}
         t0 = time.time()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with open(sweep_dir / f"{run}.log", "w") as out:
