@@ -6,10 +6,10 @@ ARGS    ?=
 SWEEP   ?= configs/sweeps/grokking.yaml
 RUN     ?=
 
-.PHONY: help install test test-full lint addition grokking sweep report dashboard clean
+.PHONY: help install test test-full lint addition addition-rule grokking sweep report dashboard clean
 
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 install: ## create .venv: torch pinned by constraints.txt first (the CPU wheel), then the lab with its dev extra
 	python3 -m venv .venv
@@ -28,6 +28,9 @@ lint: ## ruff (CI runs it before the tests)
 
 addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=value ...' to override)
 	$(PY) -m lab train configs/addition.yaml $(ARGS)
+
+addition-rule: ## train 8-digit addition until it learns the rule: 99% on every carry-chain length (configs/addition-rule.yaml)
+	$(PY) -m lab train configs/addition-rule.yaml $(ARGS)
 
 grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
 	$(PY) -m lab train configs/grokking.yaml $(ARGS)

@@ -95,9 +95,10 @@ class Bits(L.Callback):
     # -- set-up and state -----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         device = pl_module.device
-        self.coded_idx = torch.from_numpy(self.coded).to(device)  # (M,)
-        self.answer_idx = torch.from_numpy(self.answer).to(device)  # (A,)
-        self.model_cols = torch.from_numpy(self.by_model).to(device)  # (M,)
+        col = {t: k for k, t in enumerate(pl_module.bits_idx.tolist())}  # target position -> column of the step's nats
+        self.model_m = torch.from_numpy(np.flatnonzero(self.by_model)).to(device)  # (M',) sent by the model
+        self.model_col = torch.tensor([col[t] for t in self.coded[self.by_model]], device=device)  # (M',)
+        self.answer_col = torch.tensor([col[t] for t in self.answer], device=device)  # (A,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
         self.acc, self.last, self.bad_step = (t.to(device) for t in (self.acc, self.last, self.bad_step))
 
@@ -111,16 +112,16 @@ class Bits(L.Callback):
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         x = batch["x"]  # (B, T)
-        nats = outputs["token_loss"]  # (B, T-1) the model before the step
-        bits = nats.index_select(1, self.coded_idx) / LN2  # (B, M)
-        if not self.by_model.all():  # the positions the task's law sends
-            law = self.task.law_bits(x.cpu().numpy())[:, self.coded]  # (B, M)
-            bits = torch.where(self.model_cols, bits, torch.from_numpy(law).to(bits.device))
+        nats = outputs["token_loss"]  # (B, K) the model before the step, at pl_module.bits_idx
+        bits = nats.index_select(1, self.model_col) / LN2  # (B, M') the positions the model sends
+        if not self.by_model.all():  # the others, the task's law sends
+            law = torch.from_numpy(self.task.law_bits(x.cpu().numpy())[:, self.coded]).to(bits.device)  # (B, M)
+            bits = law.index_copy(1, self.model_m, bits)  # (B, M)
         feats = torch.cat([
             bits,
             self.char_bits[x].sum(1, keepdim=True),  # the example's text, in bits
             torch.ones_like(bits[:, :1]),  # one example
-            (nats.index_select(1, self.answer_idx).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
+            (nats.index_select(1, self.answer_col).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
         ], dim=1)  # (B, M+3)
         new = batch["new"].double()  # (B,)
         delta = torch.stack([new, 1 - new]) @ feats  # (2, M+3): first pass, revisits

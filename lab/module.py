@@ -2,9 +2,10 @@
 
 `LabModule.step` is the one training step of the lab: `lab train` (through `training_step`, Lightning's
 manual optimization), both sides of the coder (`lab.coder.Replay`) and the benchmark's raw loop call it,
-so a receiver replays exactly what training did. It returns the loss and the detached per-token loss
-(B, T-1) in nats, float64, under the model *before* the step, as the receiver can compute it (no
-dropout): the bits callback turns it into code length. Dropout masks are a pure function of
+so a receiver replays exactly what training did. It returns the loss and the detached per-token loss in
+nats, float64, under the model *before* the step, as the receiver can compute it (no dropout), at the
+target positions the bits callback reads (`LabModule.bits_idx`: those the model sends, and the answer);
+the callback turns it into code length. Dropout masks are a pure function of
 (seed, step), so a receiver (and a resumed run) draws the same ones.
 
 Evaluation (every `train.eval_every` steps) on each of the task's evaluation sets ("val", and "train"
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,9 +30,12 @@ from lab.tasks import Task
 LN2 = math.log(2.0)
 
 
-def token_nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """-log q(target) in nats, float64: logits (B, T, V), targets (B, T) -> (B, T)."""
-    logp = torch.log_softmax(logits.detach().double(), dim=-1)  # (B, T, V)
+def token_nats(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """-log q(target) in nats, float64: logits (B, T, V), targets (B, T) -> (B, T); with `positions` (K,),
+    only those columns -> (B, K) (the float64 softmax is the costly part: it runs on those alone)."""
+    if positions is not None:
+        logits, targets = logits.index_select(1, positions), targets.index_select(1, positions)  # (B, K, V), (B, K)
+    logp = torch.log_softmax(logits.detach().double(), dim=-1)  # (B, K, V)
     return -logp.gather(-1, targets[..., None]).squeeze(-1)
 
 
@@ -65,6 +70,8 @@ class LabModule(L.LightningModule):
         self.register_buffer("model_mask", torch.from_numpy(task.model_coded), persistent=False)  # (T-1,)
         trained = torch.from_numpy(task.loss_mask.nonzero()[0])
         self.register_buffer("trained_idx", trained, persistent=False)  # (M,) trained positions: no host sync
+        bits_idx = np.union1d(np.flatnonzero(task.sent & task.model_coded), task.answer_positions)
+        self.register_buffer("bits_idx", torch.from_numpy(bits_idx), persistent=False)  # (K,) what `step`'s nats cover
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
@@ -91,9 +98,9 @@ class LabModule(L.LightningModule):
     def step(self, x: torch.Tensor, opt, sched, step: int, n_global: int | None = None, world: int = 1,
              backward=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The training step on rows x (B, T), optimizer step `step` (0-based): forward, backward, Grokfast,
-        gradient clipping, optimizer and schedule. -> (detached loss, per-token nats (B, T-1) float64
-        under the model before the step, and the logits (B, T-1, V) they come from (detached; the coder
-        codes with them); both None when `per_token_loss` is off)."""
+        gradient clipping, optimizer and schedule. -> (detached loss, per-token nats (B, K) float64 under
+        the model before the step at the target positions `bits_idx` (K,), and the logits (B, T-1, V) they
+        come from (detached; the coder codes with them); both None when `per_token_loss` is off)."""
         dropout = self.model.cfg.dropout > 0
         if dropout:
             torch.manual_seed(dropout_seed(self.cfg.seed, step))
@@ -107,7 +114,7 @@ class LabModule(L.LightningModule):
                     logits = self.model(x[:, :-1])
                 self.model.train()
             bits_logits = logits.detach()
-            nats = token_nats(bits_logits, x[:, 1:])  # (B, T-1)
+            nats = token_nats(bits_logits, x[:, 1:], self.bits_idx)  # (B, K)
         opt.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(loss)
         self._grokfast()

@@ -119,8 +119,9 @@ def test_flop_count_is_torchs(config):
 
 
 def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, tmp_path, monkeypatch):
-    """experiments/bench_bits.py: windows alternate on, off, on, off after the warm-up; while off, the
-    bits callback counts nothing and the step skips the float64 per-token loss."""
+    """experiments/bench_bits.py: windows alternate on, off, on, off after the warm-up, each a whole number
+    of logging intervals (3 steps asked, logging every 5: 5-step windows); while off, the bits callback
+    counts nothing and the step skips the float64 per-token loss. With `null`, every window is on."""
     spec = importlib.util.spec_from_file_location("bench_bits", Path(ROOT) / "experiments" / "bench_bits.py")
     bench_bits = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_bits)
@@ -132,8 +133,13 @@ def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, t
         step(self, trainer, pl_module, outputs, *args)
 
     monkeypatch.setattr(bench_bits.SwitchedBits, "on_train_batch_end", spy)
-    costs = bench_bits.measure(tiny_modular(tmp_path), warm=4, window=3, pairs=2)
-    assert len(costs) == 2 and all(math.isfinite(c) for c in costs)  # (3-step windows: noise, not a figure)
-    timed = [(s, on) for s, on, _, _ in seen if s > 4]
-    assert [on for _, on in timed] == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
-    assert all(on == per_token for _, on, per_token, _ in seen if _ > 4)
+    cfg = tiny_modular(tmp_path, "log.every=5", "train.max_steps=100")
+    costs = bench_bits.measure(cfg, warm=4, window=3, pairs=2)
+    assert set(costs) == {"wall", "cpu"}  # (5-step windows: noise, not a figure)
+    assert all(len(c) == 2 and all(math.isfinite(x) for x in c) for c in costs.values())
+    timed = [(s, on) for s, on, _, _ in seen if s > 5]
+    assert [on for _, on in timed] == [True] * 5 + [False] * 5 + [True] * 5 + [False] * 5
+    assert all(on == per_token for _, on, per_token, _ in seen if _ > 5)
+    seen.clear()
+    bench_bits.measure(cfg, warm=4, window=3, pairs=2, null=True)
+    assert [on for s, on, _, _ in seen if s > 5] == [True] * 20

@@ -250,3 +250,30 @@ def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, kind, overrid
     assert bool(correct[certified].all())  # per example, not only in the mean
     if make_cfg is tiny_modular:  # trained far enough that the bound is not vacuous
         assert certified.float().mean() > 0.3 and evals[-1]["train/certified_exact"] > 0.3
+
+
+@pytest.mark.parametrize("kind,overrides,covered", [
+    ("modular", [], "answer"),  # the question is known: only the answer is coded
+    ("addition", ["task.loss_on=answer"], "answer"),  # the operands go at the task's law
+    ("addition", [], "sent"),  # every sent position (and the answer's end token, which is known)
+])
+def test_step_computes_float64_nats_only_where_the_bits_read(tmp_path, kind, overrides, covered, tiny_addition,
+                                                              tiny_modular):
+    """The training step's float64 per-token loss (its cost is the bits callback's) covers exactly the
+    positions the callback reads, the model-sent ones and the answer, and equals the full computation there."""
+    from lab.module import LabModule, token_nats
+    from lab.tasks import make_task
+
+    cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind](tmp_path, *overrides)
+    task = make_task(cfg)
+    module = LabModule(cfg, task)
+    want = task.answer_positions
+    if covered == "sent":
+        want = np.union1d(np.flatnonzero(task.sent), want)
+    assert module.bits_idx.tolist() == want.tolist()
+    x = torch.from_numpy(task.train_batch(0, 8).x)
+    opt = torch.optim.SGD(module.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    _, nats, logits = module.step(x, opt, sched, 0)  # (8, K), (8, T-1, V)
+    assert nats.shape == (8, len(want)) and nats.dtype == torch.float64
+    assert torch.equal(nats, token_nats(logits, x[:, 1:])[:, module.bits_idx])
