@@ -8,7 +8,8 @@ compressed by gzip -9, bzip2 -9, xz -9e and zstd -19 (those found on PATH); the 
 bits callback logs in a training run over the same N examples (`python -m lab train`); the size of the
 lab's real arithmetic-coded file (`python -m lab compress`), round-tripped by `python -m lab decompress`
 for N <= --decode-max; and the floor. Prints one table in bits per example and total size, then the
-coder's speed against the training run's wall time on the same examples (run nothing else meanwhile).
+coder's speed against the training run's wall time on the same examples (run nothing else meanwhile,
+or `--parallel` with `--set train.threads=1`: the training run and the encoder side by side, one core each).
 
 Every command for one N uses the largest batch size up to the config's that divides N (250 for
 addition at N = 10^4, 10^5, 10^6), so the training run, the coder and the text hold the same N examples.
@@ -42,11 +43,27 @@ TASKS = {
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 
 
+def start(*args: str) -> subprocess.Popen:
+    """A lab command in the background; its output goes to files, so a long run never blocks on a pipe."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=out, stderr=err, text=True, env=ENV)
+    proc.out, proc.err = out, err
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for `proc`; its stdout, or a RuntimeError with the last line of its stderr."""
+    proc.wait()
+    proc.out.seek(0), proc.err.seek(0)
+    out, err = proc.out.read(), proc.err.read()
+    proc.out.close(), proc.err.close()
+    if proc.returncode != 0:
+        raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
+    return out
+
+
 def lab(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True, env=ENV)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1])
-    return out.stdout
+    return finish(start(*args))
 
 
 def main() -> None:
@@ -55,6 +72,9 @@ def main() -> None:
     ap.add_argument("--decode-max", type=int, default=10_000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--set", nargs="*", default=[], help="key=value for every lab command, e.g. train.threads=1")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the training run and the encoder side by side (give each train.threads=1): "
+                         "the same conditions for both, in half the time")
     args = ap.parse_args()
     from lab.coder import read
     from lab.config import load
@@ -79,15 +99,19 @@ def main() -> None:
                          for k, cmd in found.items()}
                 steps = n // batch
                 run = f"{name}-{n}"
-                lab("train", config, *overrides, f"train.max_steps={steps}", "train.stop_at=null",
-                    f"train.eval_every={steps + 1}", f"log.dir={tmp}", f"log.name={run}", "log.progress_bar=false",
-                    "log.wandb=false")
+                code = tmp / f"{run}.clab"
+                training = start("train", config, *overrides, f"train.max_steps={steps}", "train.stop_at=null",
+                                 f"train.eval_every={steps + 1}", f"log.dir={tmp}", f"log.name={run}",
+                                 "log.progress_bar=false", "log.wandb=false")
+                if not args.parallel:  # the encoder after the training run, on a quiet machine
+                    finish(training)
+                enc = _timing(lab("compress", config, *overrides, "--examples", str(n), "-o", str(code)))
+                if args.parallel:
+                    finish(training)
                 summary = json.loads((tmp / run / "summary.json").read_text())
                 train_s = summary["wall_seconds_this_session"]
                 first_pass = summary["bits/examples"]
                 logged = summary["bits/total"]
-                code = tmp / f"{run}.clab"
-                enc = _timing(lab("compress", config, *overrides, "--examples", str(n), "-o", str(code)))
                 file_bits = code.stat().st_size * 8
                 code_bits = 32 * len(read(code)[1])  # the arithmetic code alone, without the header
                 dec = "-"

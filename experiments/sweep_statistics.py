@@ -14,6 +14,12 @@ the training side only (no held-out row enters them) and ranked against the fina
     weight norm         the L2 norm of all weights
 
 Prints one table (each run's values) and the rho of each candidate. Results: experiments/results/.
+
+    python experiments/sweep_statistics.py runs/sweeps/grokking-fraction-wd --courses docs/grokking-sweep-dl.png
+
+adds the time courses: for each run, `dl/model` as logged at every evaluation and the absolute-step
+`dl/model` at each saved checkpoint, against validation accuracy (a table, and the figure): does the
+model's description length rise and fall around grokking (DeMoss et al. 2024) across the sweep?
 """
 
 from __future__ import annotations
@@ -60,13 +66,17 @@ def absolute_dl_model(model, task, tol: float = 0.05) -> tuple[float, float]:
         model.load_state_dict(state)
 
 
-def run_row(run: Path) -> dict:
+def load_model(run: Path, ckpt: Path):
+    """(the model of checkpoint `ckpt` of `run`, in eval mode; its task)."""
     cfg = load_saved(run / "config.yaml")
     task = make_task(cfg)
     module = LabModule(cfg, task)
-    module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                                      weights_only=False)["state_dict"])
-    model = module.model.eval()
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    return module.model.eval(), task
+
+
+def run_row(run: Path) -> dict:
+    model, task = load_model(run, run / "checkpoints" / "last.ckpt")
     last: dict = {}
     for r in read_metrics(run / "metrics.jsonl"):
         last.update({k: v for k, v in r.items() if v is not None})
@@ -77,9 +87,60 @@ def run_row(run: Path) -> dict:
             "weight norm": math.sqrt(sum(float((v.double() ** 2).sum()) for v in model.state_dict().values()))}
 
 
+def courses(runs: list[Path], figure: Path) -> None:
+    """Per run: `dl/model` at every evaluation and the absolute-step `dl/model` at every checkpoint, beside
+    validation accuracy -> a table (printed) and a figure of one panel per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    print("\n| run | step where val acc >= 0.9 | dl/model kbit at each evaluation (val acc) | absolute dl/model kbit "
+          "at each checkpoint (step) |\n|---|---|---|---|")
+    cols = math.ceil(len(runs) / 2)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 5.6), sharex=True, squeeze=False)
+    for ax, run in zip(axes.T.flat, runs):
+        evals = [r for r in read_metrics(run / "metrics.jsonl") if "dl/model" in r]
+        steps = [r["step"] for r in evals]
+        acc = [r["val/exact_match"] for r in evals]
+        ckpts = sorted((run / "checkpoints").glob("step-*.ckpt")) + [run / "checkpoints" / "last.ckpt"]
+        absolute = []
+        for ckpt in ckpts:
+            step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+            if step not in [s for s, _ in absolute]:
+                absolute.append((step, absolute_dl_model(*load_model(run, ckpt))[1]))
+        grok = next((s for s, a in zip(steps, acc) if a >= 0.9), None)
+        print(f"| {run.name} | {grok if grok is not None else 'never'} | "
+              + ", ".join(f"{r['dl/model'] / 1e3:.0f} ({a:.2f})" for r, a in zip(evals, acc)) + " | "
+              + ", ".join(f"{b / 1e3:.0f} ({s})" for s, b in absolute) + " |")
+        ax.plot(steps, [r["dl/model"] / 1e3 for r in evals], "o-", ms=3, label="dl/model (relative step)")
+        ax.plot([s for s, _ in absolute], [b / 1e3 for _, b in absolute], "s--", ms=4,
+                label="dl/model (absolute step)")
+        ax.set_title(run.name.split("-", 1)[-1].replace("train_fraction_", "frac ").replace("-weight_decay_", ", wd "),
+                     fontsize=9)
+        ax.set_ylim(0, None)
+        twin = ax.twinx()
+        twin.plot(steps, acc, color="k", lw=1, alpha=0.6, label="val acc")
+        twin.set_ylim(0, 1.05)
+        if grok is not None:
+            ax.axvline(grok, color="k", ls=":", lw=0.8)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("kbit")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("the model's description length around grokking (dotted: val acc first >= 0.9; black: val acc)",
+                 fontsize=10)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    print(f"\nwrote {figure}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", help="a sweep directory (runs/sweeps/<name>)")
+    ap.add_argument("--courses", type=Path, metavar="FIGURE", help="also the time courses, and their figure")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = [run_row(p.parent.parent) for p in sorted(Path(args.sweep).glob("*/checkpoints/last.ckpt"))]
@@ -98,6 +159,8 @@ def main() -> None:
     for k in keys:
         if all(r[k] is not None for r in rows):
             print(f"| {k} | {spearman([r[k] for r in rows], acc):.3f} |")
+    if args.courses:
+        courses(sorted(p.parent.parent for p in Path(args.sweep).glob("*/checkpoints/last.ckpt")), args.courses)
 
 
 if __name__ == "__main__":

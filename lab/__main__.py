@@ -80,7 +80,7 @@ def _stream_args(args: list[str], prog: str, description: str) -> argparse.Names
     ap.add_argument("overrides", nargs="*", help="key=value")
     ap.add_argument("--examples", type=int, required=True, help="examples of the training stream")
     ap.add_argument("-o", "--output", required=True)
-    ns = ap.parse_args(args)
+    ns = ap.parse_intermixed_args(args)  # options anywhere among the overrides
     if ns.examples < 1:
         raise ConfigError(f"--examples: {ns.examples} is not >= 1")
     ns.cfg = load(ns.config, ns.overrides)
@@ -137,7 +137,7 @@ def cmd_sweep(args: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random sweeps: the seed of the draws")
     ap.add_argument("--dir", default="runs/sweeps")
     ap.add_argument("--dry-run", action="store_true", help="print the runs without running them")
-    ns = ap.parse_args(args)
+    ns = ap.parse_intermixed_args(args)  # options anywhere among the overrides
     results = run_sweep(ns.file, ns.dir, ns.parallel, ns.count, ns.seed, ns.dry_run, ns.overrides)
     for r in results:
         print(f"{r['run']}: {r['status']}" + (f"\n  {r['command']}" if "command" in r else ""))

@@ -143,3 +143,28 @@ def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, t
     seen.clear()
     bench_bits.measure(cfg, warm=4, window=3, pairs=2, null=True)
     assert [on for s, on, _, _ in seen if s > 5] == [True] * 20
+
+
+def _compressors():
+    spec = importlib.util.spec_from_file_location("compressors", Path(ROOT) / "experiments" / "compressors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compressors_runs_lab_commands_in_the_background_without_blocking_and_names_a_failure():
+    """--parallel runs a training run beside the encoder: a command that writes more than a pipe holds
+    (64 KiB) must finish while nobody reads its output, and a failing one reports its last error line."""
+    import time
+
+    comp = _compressors()
+    proc = comp.start("dump", f"{ROOT}/configs/addition.yaml", "--examples", "5000", "-o", "/dev/stdout")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:  # nobody reads it meanwhile
+        time.sleep(0.2)
+    assert proc.poll() == 0, "a background lab command blocked on its own output"
+    out = comp.finish(proc)
+    assert len(out) > 2**16 and len(out.splitlines()) == 5000
+    with pytest.raises(RuntimeError, match="task.nope"):
+        comp.finish(comp.start("dump", f"{ROOT}/configs/addition.yaml", "task.nope=1", "--examples", "1",
+                               "-o", "/dev/null"))

@@ -125,11 +125,14 @@ def test_sweep_errors_name_the_key():
         base_command({"command": ["python", "-m", "lab", "train", "${args}"]})  # --key=value
 
 
-@pytest.mark.parametrize("name", ["grokking.yaml", "addition.yaml"])
+SHIPPED = {"grokking.yaml": 8, "addition.yaml": 8, "grokking-threshold.yaml": 10}  # runs each makes
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in Path(f"{ROOT}/configs/sweeps").glob("*.yaml")))
 def test_shipped_sweeps_are_valid_wandb_sweeps(name):
     sweep = yaml.safe_load(open(f"{ROOT}/configs/sweeps/{name}"))
     jsonschema.Draft7Validator(SCHEMA, format_checker=FORMATS).validate(sweep)
-    assert len(expand(sweep)) == 8
+    assert len(expand(sweep)) == SHIPPED[name]
     assert base_command(sweep)[0].startswith("configs/")
     for run in expand(sweep):
         load(f"{ROOT}/{base_command(sweep)[0]}", [*base_command(sweep)[1:], *agent_args(run)])  # every run loads
@@ -146,6 +149,16 @@ def _sweep_file(tmp_path, fractions):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
+
+
+def test_sweep_options_go_anywhere_among_the_overrides(tmp_path, capsys):
+    from lab.__main__ import main
+
+    code = main(["sweep", str(_sweep_file(tmp_path, [0.3, 0.5])), "train.lr=0.002", "--dir", str(tmp_path),
+                 "seed=3", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 runs" in out and out.count("train.lr=0.002 seed=3") == 2
+    assert not (tmp_path / "tiny").exists()  # a dry run writes nothing
 
 
 def test_local_sweep_skips_finished_runs_and_survives_a_failure(tmp_path, monkeypatch):
