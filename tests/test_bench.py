@@ -17,9 +17,17 @@ from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
-spec = importlib.util.spec_from_file_location("bench_addition", Path(ROOT) / "experiments" / "bench_addition.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+
+
+def experiment(name: str):
+    """The script experiments/<name>.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, Path(ROOT) / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = experiment("bench_addition")
 
 
 @pytest.mark.parametrize("position", ["absolute", "coupled"])
@@ -64,9 +72,7 @@ def test_budget_stops_the_run(tmp_path, tiny_addition):
     assert row["steps"] == 1
 
 
-chains_spec = importlib.util.spec_from_file_location("carry_chains", Path(ROOT) / "experiments" / "carry_chains.py")
-chains = importlib.util.module_from_spec(chains_spec)
-chains_spec.loader.exec_module(chains)
+chains = experiment("carry_chains")
 
 
 def test_longest_carry_chain():
@@ -122,9 +128,7 @@ def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, t
     """experiments/bench_bits.py: windows alternate on, off, on, off after the warm-up, each a whole number
     of logging intervals (3 steps asked, logging every 5: 5-step windows); while off, the bits callback
     counts nothing and the step skips the float64 per-token loss. With `null`, every window is on."""
-    spec = importlib.util.spec_from_file_location("bench_bits", Path(ROOT) / "experiments" / "bench_bits.py")
-    bench_bits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_bits)
+    bench_bits = experiment("bench_bits")
     seen = []
     step = bench_bits.SwitchedBits.on_train_batch_end
 
@@ -145,19 +149,12 @@ def test_bits_cost_is_measured_in_alternating_windows_of_one_run(tiny_modular, t
     assert [on for s, on, _, _ in seen if s > 5] == [True] * 20
 
 
-def _compressors():
-    spec = importlib.util.spec_from_file_location("compressors", Path(ROOT) / "experiments" / "compressors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_compressors_runs_lab_commands_in_the_background_without_blocking_and_names_a_failure():
     """--parallel runs a training run beside the encoder: a command that writes more than a pipe holds
     (64 KiB) must finish while nobody reads its output, and a failing one reports its last error line."""
     import time
 
-    comp = _compressors()
+    comp = experiment("compressors")
     proc = comp.start("dump", f"{ROOT}/configs/addition.yaml", "--examples", "5000", "-o", "/dev/stdout")
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:  # nobody reads it meanwhile
