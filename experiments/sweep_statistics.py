@@ -67,16 +67,17 @@ def absolute_dl_model(model, task, tol: float = 0.05) -> tuple[float, float]:
 
 
 def load_model(run: Path, ckpt: Path):
-    """(the model of checkpoint `ckpt` of `run`, in eval mode; its task)."""
+    """(the model of checkpoint `ckpt` of `run`, in eval mode; its task; the checkpoint's step)."""
     cfg = load_saved(run / "config.yaml")
     task = make_task(cfg)
     module = LabModule(cfg, task)
-    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    return module.model.eval(), task
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(saved["state_dict"])
+    return module.model.eval(), task, saved["global_step"]
 
 
 def run_row(run: Path) -> dict:
-    model, task = load_model(run, run / "checkpoints" / "last.ckpt")
+    model, task, _ = load_model(run, run / "checkpoints" / "last.ckpt")
     last: dict = {}
     for r in read_metrics(run / "metrics.jsonl"):
         last.update({k: v for k, v in r.items() if v is not None})
@@ -106,9 +107,9 @@ def courses(runs: list[Path], figure: Path) -> None:
         ckpts = sorted((run / "checkpoints").glob("step-*.ckpt")) + [run / "checkpoints" / "last.ckpt"]
         absolute = []
         for ckpt in ckpts:
-            step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-            if step not in [s for s, _ in absolute]:
-                absolute.append((step, absolute_dl_model(*load_model(run, ckpt))[1]))
+            model, task, step = load_model(run, ckpt)
+            if step not in [s for s, _ in absolute]:  # last.ckpt may repeat the last step-*.ckpt
+                absolute.append((step, absolute_dl_model(model, task)[1]))
         grok = next((s for s, a in zip(steps, acc) if a >= 0.9), None)
         print(f"| {run.name} | {grok if grok is not None else 'never'} | "
               + ", ".join(f"{r['dl/model'] / 1e3:.0f} ({a:.2f})" for r, a in zip(evals, acc)) + " | "
@@ -143,7 +144,8 @@ def main() -> None:
     ap.add_argument("--courses", type=Path, metavar="FIGURE", help="also the time courses, and their figure")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    rows = [run_row(p.parent.parent) for p in sorted(Path(args.sweep).glob("*/checkpoints/last.ckpt"))]
+    runs = sorted(p.parent.parent for p in Path(args.sweep).glob("*/checkpoints/last.ckpt"))
+    rows = [run_row(run) for run in runs]
     for r in rows:
         for key in ("dl/table", "dl/model", "dl/model (absolute)"):
             if r[key] is not None:
@@ -160,7 +162,7 @@ def main() -> None:
         if all(r[k] is not None for r in rows):
             print(f"| {k} | {spearman([r[k] for r in rows], acc):.3f} |")
     if args.courses:
-        courses(sorted(p.parent.parent for p in Path(args.sweep).glob("*/checkpoints/last.ckpt")), args.courses)
+        courses(runs, args.courses)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from lab.train import train
 ROOT = str(Path(__file__).resolve().parents[1])
 
 
-
 def experiment(name: str):
     """The script experiments/<name>.py, imported as a module."""
     spec = importlib.util.spec_from_file_location(name, Path(ROOT) / "experiments" / f"{name}.py")
