@@ -6,7 +6,7 @@ ARGS    ?=
 SWEEP   ?= configs/sweeps/grokking.yaml
 RUN     ?=
 
-.PHONY: help install test test-full lint addition addition-rule grokking sweep report dashboard clean
+.PHONY: help install test test-full lint addition addition-uniform grokking sweep report dashboard clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -26,11 +26,11 @@ test-full: ## every test, the slow ones included
 lint: ## ruff (CI runs it before the tests)
 	$(PY) -m ruff check .
 
-addition: ## train 8-digit addition until 99% held-out exact match (ARGS='key=value ...' to override)
+addition: ## train 8-digit addition until it learns the rule: 99% held-out and on every carry-chain length (ARGS='key=value ...')
 	$(PY) -m lab train configs/addition.yaml $(ARGS)
 
-addition-rule: ## train 8-digit addition until it learns the rule: 99% on every carry-chain length (configs/addition-rule.yaml)
-	$(PY) -m lab train configs/addition-rule.yaml $(ARGS)
+addition-uniform: ## 8-digit addition on the reference's uniform stream (floor 52.85) until 99% held-out exact match
+	$(PY) -m lab train configs/addition-uniform.yaml $(ARGS)
 
 grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
 	$(PY) -m lab train configs/grokking.yaml $(ARGS)

@@ -59,7 +59,7 @@ def cmd_train(args: list[str]) -> int:
     s = result.summary
     if result.trainer.is_global_zero:
         rule = s.get("val/chain_exact_min")
-        rule = "" if rule is None else f" (lowest over carry-chain lengths {rule:.4f})"
+        rule = "" if rule is None else f" (lowest over carry-chain lengths {rule:.4f}, the rule {s['val/rule']:.4f})"
         print(f"done: {s['steps']} steps, {s['examples_seen']} examples in {s['wall_seconds_this_session']} s"
               f" | val exact {s.get('val/exact_match', float('nan')):.4f}{rule}"
               f" | bits {s['bits/total'] / 1e6:.3f} Mbit = floor {s['bits/floor'] / 1e6:.3f}"

@@ -133,8 +133,8 @@ class Report(L.Callback):
         if "train/exact_match" in m:
             parts.append(f"train acc {m['train/exact_match']:.3f}")
         parts.append(f"val exact {m.get('val/exact_match', float('nan')):.3f}")
-        if "val/chain_exact_min" in m:
-            parts.append(f"rule {m['val/chain_exact_min']:.3f}")
+        if "val/rule" in m:
+            parts.append(f"rule {m['val/rule']:.3f}")
         if "bits/ex" in m:
             parts.append(f"bits/ex {m['bits/ex']:.2f} (floor {m['floor']:.2f}, epistemic {m['epi']:.2f})")
         if "dl/table" in m:

@@ -109,9 +109,10 @@ class TrainConfig:
     stop_at: float | None = 0.99
     """Stop when stop_metric reaches this (None: run to max_steps)."""
     stop_metric: Literal["val/exact_match", "val/clean_exact_match", "train/exact_match",
-                         "val/chain_exact_min"] = "val/exact_match"
-    """What stop_at watches: held-out exact match, its clean labels (label noise), the train split's, or
-    the lowest exact match over carry-chain lengths (addition: the rule)."""
+                         "val/chain_exact_min", "val/rule"] = "val/exact_match"
+    """What stop_at watches: held-out exact match, its clean labels (label noise), the train split's, the
+    lowest exact match over carry-chain lengths, or (addition) the rule: the lower of held-out exact match
+    and every carry-chain length's."""
     precision: str = "32"
     """32 (float32) or bf16 (bf16-mixed)."""
     threads: int = 0

@@ -221,6 +221,7 @@ class LabModule(L.LightningModule):
         chains = [v for k, v in metrics.items() if k.startswith("val/chain_exact/")]
         if chains:
             metrics["val/chain_exact_min"] = min(chains)
+            metrics["val/rule"] = min(metrics["val/chain_exact_min"], metrics["val/exact_match"])
         metrics["examples_seen"] = float(self.examples_seen)
         log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
         self.last_eval = metrics

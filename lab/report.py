@@ -44,7 +44,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 FINAL = ["step", "examples_seen", "val/exact_match", "val/certified_exact", "val/chain_exact_min",
-         "val/clean_exact_match", "train/exact_match", "val/loss",
+         "val/rule", "val/clean_exact_match", "train/exact_match", "val/loss",
          "bits/total", "bits/floor", "bits/epistemic", "bits/example", "dl/table", "dl/table_epistemic",
          "dl/table_raw", "dl/model", "dl/two_part"]
 # compression measures a sweep is scored by, when every run has them: the prequential description length

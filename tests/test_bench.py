@@ -55,8 +55,8 @@ def test_learn_reads_levels_and_bits_from_the_run(tmp_path, tiny_addition):
     for level in bench.LEVELS:  # the first evaluation at or above the level, or None
         hit = next((r for r in evals if r["val/exact_match"] >= level), None)
         assert (row[level] or {}).get("step") == (hit or {}).get("step")
-    assert [m["rule"] for m in row["marks"]] == [r["val/chain_exact_min"] for r in evals]  # the rule's marks
-    hit = next((r for r in evals if r["val/chain_exact_min"] >= bench.RULE), None)
+    assert [m["rule"] for m in row["marks"]] == [r["val/rule"] for r in evals]  # the rule's marks
+    hit = next((r for r in evals if r["val/rule"] >= bench.RULE), None)
     assert (row["rule"] or {}).get("step") == (hit or {}).get("step")
     epistemic = [m["epistemic"] for m in row["marks"]]
     assert epistemic[-1] == pytest.approx(row["epistemic"])  # the last evaluation is at the last step

@@ -156,6 +156,7 @@ def test_addition_runs_score_the_rule_by_carry_chain_length(tmp_path, tiny_addit
     result = train(tiny_addition(tmp_path, "train.stop_metric=val/chain_exact_min", "train.stop_at=0.5"))
     rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/chain_exact_min" in r]
     assert rows and all(r["val/chain_exact_min"] == min(r[f"val/chain_exact/{k}"] for k in range(3)) for r in rows)
+    assert all(r["val/rule"] == min(r["val/chain_exact_min"], r["val/exact_match"]) for r in rows)  # and held-out
     assert not any("val/chain_exact/3" in r for r in rows)  # 3 digits: chains of 0, 1 or 2 digits
 
 
