@@ -18,10 +18,10 @@ Tasks: 8-digit addition on the reference's uniform law (configs/addition-uniform
 the sum coded by the model), the same on `make addition`'s chain-rich stream (`addition-chain`,
 configs/addition.yaml) and the grokking recipe, a+b mod 97 (configs/grokking.yaml: the question of
 each scheduled row is known to the receiver, the answer is coded by the model; `lab.bits` states the
-definition). The modular stream
-revisits its train split epoch after epoch: its floor counts first-pass examples only (a receiver that
-knows the schedule gets revisits free; text compressors see them as repeats). The "file / logged"
-column is the arithmetic code's size over the logged bits/total (the lab promises within 0.05% + 64 bits).
+definition). The modular stream revisits its train split epoch after epoch: its floor counts
+first-pass examples only (a receiver that knows the schedule gets revisits free; text compressors see
+them as repeats). The "file / logged" column is the arithmetic code's size over the logged bits/total
+(the lab promises within 0.05% + 64 bits).
 """
 
 from __future__ import annotations
