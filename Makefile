@@ -6,10 +6,10 @@ ARGS    ?=
 SWEEP   ?= configs/sweeps/grokking.yaml
 RUN     ?=
 
-.PHONY: help install test test-full lint addition addition-uniform grokking sweep report dashboard clean
+.PHONY: help install test test-full lint addition addition-uniform grokking grokking-arrivals sweep report dashboard clean
 
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 install: ## create .venv: torch pinned by constraints.txt first (the CPU wheel), then the lab with its dev extra
 	python3 -m venv .venv
@@ -34,6 +34,9 @@ addition-uniform: ## 8-digit addition on the reference's uniform stream (floor 5
 
 grokking: ## a+b mod 97 at train fraction 0.3 until it groks (ARGS='key=value ...')
 	$(PY) -m lab train configs/grokking.yaml $(ARGS)
+
+grokking-arrivals: ## a+b mod 97 whose train rows arrive over 2,000 steps: grokking inside the code (ARGS='key=value ...')
+	$(PY) -m lab train configs/grokking-arrivals.yaml $(ARGS)
 
 sweep: ## run a W&B sweep file locally, one run at a time, then report it (SWEEP=configs/sweeps/x.yaml)
 	$(PY) -m lab sweep $(SWEEP) $(ARGS)

@@ -36,6 +36,7 @@ SMALLER = {
     "grokking-power.yaml": ["train.batch_size=64"],
     "grokking-s5.yaml": ["train.batch_size=64"],
     "grokking-nanda.yaml": ["task.p=23", "train.batch_size=0"],
+    "grokking-arrivals.yaml": ["task.p=23", "train.batch_size=64", "task.arrival_steps=4"],
 }
 CONFIGS = {p.name: SMALLER.get(p.name, ["train.batch_size=16"]) for p in sorted((ROOT / "configs").glob("*.yaml"))}
 TINY_ADDITION = ["configs/addition.yaml", "task.n_digits=3", "task.n_heldout=200", "model.preset=gpt-nano",
@@ -47,6 +48,8 @@ ADDITION_GRID = [("all", False, False, 0.0, 3), ("answer", False, False, 0.0, 3)
 MODULAR_OPS = ["x+y", "x-y", "x*y", "x/y", "x^2+y^2", "x^2+xy+y^2", "x^2+xy+y^2+x", "x^3+xy", "x^3+xy^2+y",
                "x/y if y odd else x-y"]
 S5_GRID = [("x*y", "answer", 0.0), ("x*y*x^-1", "all", 0.1), ("x*y*x", "all", 0.0)]
+# every arrival law of the table tasks: arrivals and revisits in the six steps (36 rows, batches of 16)
+ARRIVALS = [("uniform", 4, 0.0), ("uniform", 3, 0.5), ("geometric", 5, 0.0), ("geometric", 4, 0.2)]
 OTHER = [["model.dropout=0.1"], ["model.dropout=0.2", "task.loss_on=answer"],
          ["train.grokfast_lambda=2", "train.grad_clip=0.5"],
          ["task.chain_prob=0.5", "task.loss_on=answer", "task.n_digits=2", "task.n_heldout=1000"]]
@@ -77,6 +80,11 @@ def rows() -> dict[str, list[str]]:
                 for i, op in enumerate(MODULAR_OPS)})
     out.update({"s5 " + " ".join(map(str, g)): s5_grid(*g) for g in S5_GRID})
     out.update({"addition " + " ".join(o): [*TINY_ADDITION, "train.lr=3e-3", *o] for o in OTHER})
+    for law, steps, start in ARRIVALS:
+        arrive = [f"task.arrival={law}", f"task.arrival_steps={steps}", f"task.arrival_start={start}"]
+        out[f"modular arrival {law} {steps} {start}"] = [*TINY_MODULAR, "train.lr=3e-3", *arrive]
+        out[f"s5 arrival {law} {steps} {start}"] = [*s5_grid("x*y", "answer", 0.0), "task.train_fraction=0.005",
+                                                    "train.batch_size=32", *arrive]
     for name, task in sorted(TASKS.items()):  # every registered task's small instance, both ways of coding it
         small = [f"task.{k}={v}" for k, v in task.small.items()]
         for loss_on in ("all", "answer"):

@@ -27,6 +27,8 @@ floors, the compressor comparison and the reports):
                      stream, read off the code itself, with no held-out set (`val/certified_exact` is
                      the same on the held-out rows, always <= `val/exact_match`). With label noise it
                      certifies the answer as labelled, noise included.
+    bits/exact       (windowed) the share of new examples whose every answer token was the argmax of the
+                     model before the step: greedy decoding's exact match on them (certified implies it)
 
 So with `task.loss_on=answer`, bits/total is the operands at their law (exactly their floor) plus the
 answer under the model: bits/epistemic is the answer's excess alone. `lab compress` writes a file of
@@ -35,6 +37,17 @@ this length (to within the arithmetic coder's overhead: 0.05% + 64 bits).
 Windowed rates over the last log interval: bits/example, bits/token (per sent token),
 bits/floor_example, bits/epistemic_example, and ratios against the example's text (8 bits per
 character), against a uniform code over the vocabulary for each sent token, and against the floor.
+
+At each evaluation, over the window of new examples since the previous one (its "arrivals": for a table
+task with `task.arrival`, the train rows that arrived; each had never been trained on, so at its arrival
+it was a held-out row and these are held-out measures read off the training stream alone):
+
+    bits/arrivals                 new examples in the window
+    bits/arrival_example          mean bits per arrival, with _lo/_hi its 95% interval (normal, from
+                                  the window's sum of squares)
+    bits/arrival_exact            greedy exact match of the arrivals before their step, 95% Wilson
+                                  interval in _lo/_hi
+    bits/arrival_certified        the share certified (answer under 1 bit), with its Wilson interval
 
 For finite tasks, at each evaluation, the description length of the whole table:
 
@@ -68,6 +81,13 @@ class NonFiniteError(RuntimeError):
     checkpoint."""
 
 
+def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial share k / n (95% for z = 1.96): (low, high) in [0, 1]."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return 0.0 if k <= 0 else max(0.0, centre - half), 1.0 if k >= n else min(1.0, centre + half)
+
+
 class Bits(L.Callback):
     def __init__(self, task, log_every: int, run_dir: Path | None = None, batch_size: int = 0):
         self.task, self.every, self.run_dir = task, log_every, run_dir
@@ -79,10 +99,14 @@ class Bits(L.Callback):
         self.floor = task.floor_bits[self.coded]  # (M,)
         self.floor_example = task.floor_bits_per_example
         self.answer = task.answer_positions  # (A,) the targets greedy decoding produces
-        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per sent position (M),
-        # text bits, examples, examples whose answer costs < 1 bit (certified)
-        self.acc = torch.zeros(2, self.M + 3, dtype=torch.float64)
+        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per sent position (M), then
+        M = self.M
+        self.TEXT, self.N, self.CERT, self.EXACT, self.SQ = M, M + 1, M + 2, M + 3, M + 4
+        # text bits, examples, examples whose answer costs < 1 bit (certified), examples whose answer is
+        # the argmax (greedy exact), and the sum over examples of (bits of the example)^2
+        self.acc = torch.zeros(2, M + 5, dtype=torch.float64)
         self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
+        self.at_eval = self.acc.clone()  # counters at the previous evaluation (the arrivals' window)
         self.bad_step = torch.tensor(-1)  # the first step whose loss or bits were not finite
         self._val: dict[str, torch.Tensor] = {}
         self._unsent: torch.Tensor | None = None
@@ -100,14 +124,20 @@ class Bits(L.Callback):
         self.model_col = torch.tensor([col[t] for t in self.coded[self.by_model]], device=device)  # (M',)
         self.answer_col = torch.tensor([col[t] for t in self.answer], device=device)  # (A,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
-        self.acc, self.last, self.bad_step = (t.to(device) for t in (self.acc, self.last, self.bad_step))
+        self.acc, self.last, self.at_eval, self.bad_step = (
+            t.to(device) for t in (self.acc, self.last, self.at_eval, self.bad_step))
 
     def state_dict(self) -> dict:
-        return {"acc": self.acc.cpu(), "last": self.last.cpu()}
+        return {"acc": self.acc.cpu(), "last": self.last.cpu(), "at_eval": self.at_eval.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        device = self.acc.device
-        self.acc, self.last = (state[k].to(device) for k in ("acc", "last"))
+        device, width = self.acc.device, self.acc.shape[1]
+
+        def counters(t: torch.Tensor) -> torch.Tensor:  # a checkpoint from before the exact columns: zeros
+            return torch.nn.functional.pad(t, (0, width - t.shape[1])).to(device)
+
+        self.acc, self.last = counters(state["acc"]), counters(state["last"])
+        self.at_eval = counters(state.get("at_eval", state["acc"]))
 
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -122,9 +152,11 @@ class Bits(L.Callback):
             self.char_bits[x].sum(1, keepdim=True),  # the example's text, in bits
             torch.ones_like(bits[:, :1]),  # one example
             (nats.index_select(1, self.answer_col).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
-        ], dim=1)  # (B, M+3)
+            outputs["answer_right"].double()[:, None],  # greedy decoding's answer is right
+            bits.sum(1, keepdim=True) ** 2,  # (bits of the example)^2
+        ], dim=1)  # (B, M+5)
         new = batch["new"].double()  # (B,)
-        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+3): first pass, revisits
+        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+5): first pass, revisits
         delta = delta + 0.0 * outputs["loss"]  # a non-finite loss makes the step's counters non-finite
         if trainer.world_size > 1:
             delta = trainer.strategy.reduce(delta, reduce_op="sum")
@@ -148,7 +180,7 @@ class Bits(L.Callback):
     def totals(self) -> dict[str, float]:
         """The cumulative metrics, as Python floats (one host transfer)."""
         first, revisit = self.acc.cpu().numpy()
-        pos, n = first[: self.M], first[self.M + 1]
+        pos, n = first[: self.M], first[self.N]
         total, floor = float(pos.sum()), n * self.floor_example
         out = {
             "bits/total": total, "bits/model": float(pos[self.by_model].sum()), "bits/floor": floor,
@@ -161,10 +193,10 @@ class Bits(L.Callback):
         return out
 
     def _log(self, trainer, pl_module) -> None:
-        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+3)
+        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+5)
         self.last = self.acc.clone()
         metrics = self.totals()
-        n, n_rev = w[0, self.M + 1], w[1, self.M + 1]
+        n, n_rev = w[0, self.N], w[1, self.N]
         if n > 0:
             total = float(w[0, : self.M].sum())
             floor = n * self.floor_example
@@ -173,9 +205,10 @@ class Bits(L.Callback):
                 "bits/token": total / (n * self.M),
                 "bits/floor_example": self.floor_example,
                 "bits/epistemic_example": (total - floor) / n,
-                "bits/ratio_raw": total / w[0, self.M],
+                "bits/ratio_raw": total / w[0, self.TEXT],
                 "bits/ratio_uniform": total / (n * self.M * math.log2(self.task.vocab_size)),
-                "bits/certified_exact": w[0, self.M + 2] / n,
+                "bits/certified_exact": w[0, self.CERT] / n,
+                "bits/exact": w[0, self.EXACT] / n,
             })
             if floor > 0:  # (undefined for a floor of 0: a rule without noise)
                 metrics["bits/ratio_floor"] = total / floor
@@ -210,7 +243,10 @@ class Bits(L.Callback):
         self._val[name] = self._val.get(name, 0.0) + bits.sum()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self.task.finite or trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        self._log_arrivals(trainer, pl_module)
+        if not self.task.finite:
             return
         n_table = self.task.table_size()
         first_pass = self.acc[0, : self.M].sum()
@@ -225,13 +261,37 @@ class Bits(L.Callback):
         pl_module.log("dl/table", dl, logger=False)
         log_metrics(trainer, {**self.last_dl, "examples_seen": float(pl_module.examples_seen)})
 
+    def arrival_window(self) -> dict[str, float]:
+        """The new examples since the previous evaluation (the bits/arrival... metrics); {} if none."""
+        w = (self.acc - self.at_eval)[0].cpu().numpy()  # (M+5,) the window's first-pass counters
+        n = float(w[self.N])
+        if n <= 0:
+            return {}
+        bits = float(w[: self.M].sum())
+        mean = bits / n
+        var = max(0.0, (float(w[self.SQ]) - n * mean * mean) / (n - 1)) if n > 1 else math.inf
+        half = 1.96 * math.sqrt(var / n)
+        out = {"bits/arrivals": n, "bits/arrival_example": mean,
+               "bits/arrival_example_lo": mean - half, "bits/arrival_example_hi": mean + half}
+        for key, col in (("exact", self.EXACT), ("certified", self.CERT)):
+            k = float(w[col])
+            lo, hi = wilson(k, n)
+            out.update({f"bits/arrival_{key}": k / n, f"bits/arrival_{key}_lo": lo, f"bits/arrival_{key}_hi": hi})
+        return out
+
+    def _log_arrivals(self, trainer, pl_module) -> None:
+        metrics = self.arrival_window()
+        self.at_eval = self.acc.clone()
+        if metrics:  # (the step's check at the evaluation's start has found the bits finite)
+            log_metrics(trainer, {**metrics, "examples_seen": float(pl_module.examples_seen)})
+
     # -- the end: a per-position table in the run directory -------------------------------------------
     def on_train_end(self, trainer, pl_module) -> None:
         self.check(pl_module)
         if self.run_dir is None or not trainer.is_global_zero:
             return
         first, revisit = self.acc.cpu().numpy()
-        n = first[self.M + 1]
+        n = first[self.N]
         f = io.StringIO(newline="")
         w = csv.writer(f)
         w.writerow(["position", "sent_by", "floor_bits", "total_bits", "excess_bits", "bits_per_example",

@@ -5,7 +5,8 @@ manual optimization), both sides of the coder (`lab.coder.Replay`) and the bench
 so a receiver replays exactly what training did. It returns the loss and the detached per-token loss in
 nats, float64, under the model *before* the step, as the receiver can compute it (no dropout), at the
 target positions the bits callback reads (`LabModule.bits_idx`: those the model sends, and the answer);
-the callback turns it into code length. Dropout masks are a pure function of
+the callback turns it into code length; `training_step` adds, per row, whether every answer token was
+its position's argmax (then greedy decoding produces the answer). Dropout masks are a pure function of
 (seed, step), so a receiver (and a resumed run) draws the same ones.
 
 Evaluation (every `train.eval_every` steps) on each of the task's evaluation sets ("val", and "train"
@@ -72,6 +73,7 @@ class LabModule(L.LightningModule):
         self.register_buffer("trained_idx", trained, persistent=False)  # (M,) trained positions: no host sync
         bits_idx = np.union1d(np.flatnonzero(task.sent & task.model_coded), task.answer_positions)
         self.register_buffer("bits_idx", torch.from_numpy(bits_idx), persistent=False)  # (K,) what `step`'s nats cover
+        self.register_buffer("answer_idx", torch.from_numpy(task.answer_positions), persistent=False)  # (A,)
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
@@ -129,8 +131,8 @@ class LabModule(L.LightningModule):
         x = batch["x"]  # (B, T) this process's rows of the global batch
         step = self.trainer.global_step
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step uses
-        loss, nats, _ = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
-                                  self.trainer.world_size, self.manual_backward)
+        loss, nats, logits = self.step(x, self.optimizers(), self.lr_schedulers(), step, int(batch["n_global"]),
+                                       self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
         self.log("train/loss", loss, prog_bar=True, logger=False)
         if (step + 1) % self.cfg.log.every == 0:  # float64 rows with the exact examples_seen
@@ -138,7 +140,11 @@ class LabModule(L.LightningModule):
                 loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
             log_metrics(self.trainer, {"train/loss": float(loss), "examples_seen": float(self.examples_seen),
                                        "train/lr": lr})
-        return {"loss": loss} if nats is None else {"loss": loss, "token_loss": nats}
+        if nats is None:
+            return {"loss": loss}
+        # (B,) every answer token the argmax of the logits before the step: greedy decoding produces the answer
+        right = (logits.index_select(1, self.answer_idx).argmax(-1) == x[:, 1:].index_select(1, self.answer_idx)).all(1)
+        return {"loss": loss, "token_loss": nats, "answer_right": right}
 
     def _grokfast(self) -> None:
         """Grokfast-EMA (Lee et al. 2024): amplify the slow component of the gradient,

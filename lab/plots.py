@@ -43,8 +43,21 @@ def grokking_marks(rows: list[dict]) -> dict[str, float | None]:
     return marks
 
 
+def arrival_windows(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, value, low, high) of an arrival metric (bits/arrival_...) over its evaluation windows, x the
+    middle of each window (its rows were coded by the models of the whole window)."""
+    pts = [(r["step"], r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi")) for r in rows if r.get(key) is not None]
+    steps = np.array([p[0] for p in pts], dtype=float)
+    starts = np.concatenate([[0.0], steps[:-1]])
+    lo = np.array([np.nan if p[2] is None else p[2] for p in pts], dtype=float)
+    hi = np.array([np.nan if p[3] is None else p[3] for p in pts], dtype=float)
+    return (starts + steps) / 2, np.array([p[1] for p in pts], dtype=float), lo, hi
+
+
 def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[str, float | None]:
-    """Accuracy, dl/table and per-answer losses against steps (log axis), with the marks drawn."""
+    """Accuracy, dl/table and per-answer losses against steps (log axis; linear when rows arrive over the
+    run), with the marks drawn; with arrivals, the arriving rows' exact match, certificate and bits with
+    their 95% intervals on the axes of validation's."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
     rows = read_metrics(path) if path.exists() else []
@@ -52,6 +65,7 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
     if not rows:  # a run shorter than one log interval: nothing to draw
         return marks
     fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    arriving = sum(1 for r in rows if "bits/arrivals" in r) > 1  # rows arrive over the run, not in one pass
 
     ax = axes[0]
     for key, label in (("train/exact_match", "train"), ("val/exact_match", "validation"),
@@ -59,6 +73,12 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
         s, v = series(rows, key)
         if s:
             ax.plot(s, v, label=label)
+    if arriving:
+        for key, label, color in (("bits/arrival_exact", "arriving rows, greedy exact (95%)", "C3"),
+                                  ("bits/arrival_certified", "arriving rows, certified < 1 bit (95%)", "C4")):
+            x, v, lo, hi = arrival_windows(rows, key)
+            ax.plot(x, v, color=color, marker=".", label=label)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
 
@@ -81,8 +101,12 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
     for key, label in (("val/bits_example", "held-out"), ("bits/revisit_example", "train rows, revisited"),
                        ("bits/example", "train rows, first pass")):
         s, v = series(rows, key)
-        if s:
+        if s and not (arriving and key == "bits/example"):
             ax.plot(s, v, label=label, marker="." if key == "bits/example" else None)
+    if arriving:
+        x, v, lo, hi = arrival_windows(rows, "bits/arrival_example")
+        ax.plot(x, v, color="C3", marker=".", label="arriving rows (95%): coded before any step trained on them")
+        ax.fill_between(x, np.maximum(lo, 0), hi, color="C3", alpha=0.15)
     floor = next((r["bits/floor_example"] for r in rows if "bits/floor_example" in r), None)
     if floor is not None:
         ax.axhline(floor, color="gray", linestyle="--", label=f"floor ({floor:.2f} bits)")
@@ -101,7 +125,7 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
 
     labels = {"val_acc_0.9": "validation accuracy 0.9", "dl_half": "dl/table half-way down"}
     for i, ax in enumerate(axes):
-        ax.set_xscale("log")
+        ax.set_xscale("linear" if arriving else "log")
         for (name, step), color in zip(marks.items(), ("C2", "C3")):
             if step is not None:
                 ax.axvline(step, color=color, alpha=0.5, linestyle="-.", label=labels[name] if i == 0 else None)

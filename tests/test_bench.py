@@ -1,17 +1,22 @@
 """experiments/bench_addition.py: its raw loop is the lab's training without Lightning, and its table
 rows are read off the run's own evaluations and bits; experiments/carry_chains.py counts carry chains
-as column addition does."""
+as column addition does; experiments/block_prequential.py and grokking_arrivals.py code and read what
+they say."""
 
+import argparse
 import importlib.util
 import math
 import re
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from lab.loggers import read_metrics
+from lab.module import LabModule
+from lab.tasks import make_task
 from lab.tasks.addition import longest_chain
 from lab.train import train
 
@@ -164,3 +169,41 @@ def test_compressors_runs_lab_commands_in_the_background_without_blocking_and_na
     with pytest.raises(RuntimeError, match="task.nope"):
         comp.finish(comp.start("dump", f"{ROOT}/configs/addition.yaml", "task.nope=1", "--examples", "1",
                                "-o", "/dev/null"))
+
+
+
+def test_block_prequential_codes_each_block_with_a_model_trained_on_the_blocks_before(tiny_modular, tmp_path):
+    """A block's code is the block's bits under a fresh model trained on the prefix alone: untrained (0
+    steps), the initial model's bits; trained, lower bits on the rows it trained on than on new ones."""
+    blocks = experiment("block_prequential")
+    cfg = tiny_modular(tmp_path, "train.lr=1e-2")
+    task = make_task(cfg)
+    order = task._epoch_order(0)
+    prefix, block = order[:18], order[18:]
+    L.seed_everything(cfg.seed, verbose=False)  # the initial weights of every block's model
+    model = LabModule(cfg, task).model.eval()
+    x = torch.from_numpy(task.table[block])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x[:, :-1]).double(), -1)  # (n, T-1, V)
+    untrained = float(-logp[:, -1].gather(-1, x[:, -1:]).sum() / math.log(2))  # the answer is the one sent token
+    assert blocks.block_bits(cfg, prefix, block, 0) == pytest.approx(untrained, rel=1e-9)
+    seen, unseen = blocks.block_bits(cfg, prefix, prefix, 100), blocks.block_bits(cfg, prefix, block, 100)
+    assert seen / len(prefix) < 0.5 * unseen / len(block)  # the model learned its prefix, not the next block
+
+
+def test_arrival_statistics_read_the_runs(tiny_modular, tmp_path, capsys):
+    """experiments/grokking_arrivals.py: the code per arrived row is the run's bits/total over its train
+    rows (all arrived); every window after the first (no evaluation at its start) is compared."""
+    arrivals = experiment("grokking_arrivals")
+    n_train = {}
+    for i, fraction in enumerate((0.3, 0.5, 0.7)):
+        cfg = tiny_modular(tmp_path, f"task.train_fraction={fraction}", "task.arrival=uniform", "task.arrival_steps=20",
+                           "train.max_steps=24", "train.eval_every=6", "train.stop_at=null", f"log.name=r{i}")
+        n_train[f"r{i}"] = len(train(cfg).module.task.train_idx)
+    for name, n in n_train.items():
+        run = arrivals.load_run(tmp_path / name)
+        assert arrivals.code_per_row(run) == pytest.approx(run["summary"]["bits/total"] / n, rel=1e-12)
+        assert [step for step, *_ in arrivals.windows(run)] == [12, 18, 24]
+    arrivals.cmd_sweep(argparse.Namespace(sweep=str(tmp_path)))
+    out = capsys.readouterr().out
+    assert "coverage over 9 windows of 3 runs" in out and "steps to 90% validation" in out

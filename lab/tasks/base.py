@@ -27,11 +27,12 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import torch
 
-from lab.config import TaskConfig
+from lab.config import TaskConfig, check
 
 
 @dataclass
@@ -235,6 +236,27 @@ def noise_floor(eps: float, k: int) -> float:
     return h + eps * log2(k - 1)
 
 
+@dataclass
+class TableConfig(TaskConfig):
+    """Options of every table task (`Finite`): how the train split reaches the model."""
+
+    arrival: Literal["none", "uniform", "geometric"] = "none"
+    """none: the whole train split from step 0, revisited in seeded epochs (its code ends with the first
+    pass); uniform or geometric: its rows arrive over arrival_steps (uniform: at a constant rate;
+    geometric: the arrived set grows by a constant factor a step), each coded once at its arrival, while
+    it is still a held-out row."""
+    arrival_steps: int = 2000
+    """arrival: the step by which the last row has arrived (later if a batch cannot carry them)."""
+    arrival_start: float = 0.0
+    """arrival: share of the train split that arrives first (at most a batch a step, from step 0);
+    geometric grows from max(1, this share) rows."""
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.arrival_steps >= 1, "task.arrival_steps", f"{self.arrival_steps} is not >= 1")
+        check(0 <= self.arrival_start < 1, "task.arrival_start", f"{self.arrival_start} is not in [0, 1)")
+
+
 class Finite(Task):
     """A table of examples with a seeded train / held-out split, revisited for many epochs.
 
@@ -247,11 +269,23 @@ class Finite(Task):
     eval_ids():   {set name: table indices of its rows}, for the sets of `eval_sets`
 
     Training walks the train split in a fresh seeded order each epoch; an example is `new` (enters the
-    code length) only in epoch 0.
+    code length) only in epoch 0. With an arrival schedule (`TableConfig.arrival`) the train split's rows
+    arrive instead, in the seeded order of epoch 0, over `arrival_steps` steps: each batch holds the
+    step's arrivals (new: coded once, before the step) and fills the rest of the batch with revisits drawn
+    without replacement from the rows arrived before it (free: the receiver has them). Once every row has
+    arrived, each batch is a seeded draw from the whole split. Every arrival is a uniformly drawn table
+    row the model has never trained on: at its arrival it is a held-out row.
+
+        n_train 10, batch 4, arrival=uniform, arrival_steps=4, arrival_start=0.25:
+        rows arrived by the end of steps 0..3 (`arrived`): [4, 6, 8, 10] (2 at the start share, + 8 (k+1) / 4)
+        step 0: the first 4 rows of the order, all new
+        steps 1-3: the next 2 rows (new) + 2 revisits of the rows arrived before the step
+        step 4 on: 4 of the 10 rows, drawn without replacement, none new
     """
 
     finite = True
     default_loss_on = "answer"
+    arrival, arrival_steps, arrival_start = "none", 2000, 0.0  # (`_set_arrival`)
 
     def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray,
                train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
@@ -272,6 +306,44 @@ class Finite(Task):
         self.floor_bits = np.array([0.0, 0.0, 0.0, noise_floor(label_noise, K)])  # H(z | x, y)
         self.uniform_bits = np.array([0.0, 0.0, 0.0, log2(K)])
         self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
+
+    def _set_arrival(self, arrival: str = "none", arrival_steps: int = 2000, arrival_start: float = 0.0) -> None:
+        """The arrival schedule of the train split (`TableConfig`); "none": the whole split from step 0."""
+        self.arrival, self.arrival_steps, self.arrival_start = arrival, arrival_steps, arrival_start
+
+    def arrived(self, batch_size: int) -> np.ndarray:
+        """(K,) int64: train rows arrived by the end of each step 0..K-1, through the step K-1 where the
+        last arrives: the law's curve n * f((k + 1) / arrival_steps), at most `batch_size` arrivals a step
+        (a backlog arrives in the next steps). Uniform: f(u) = s + (1 - s) u; geometric: the arrived set
+        grows by a constant factor a step, from n0 = max(1, s n) rows to n (it doubles at equal intervals,
+        as Blier & Ollivier's blocks); s = arrival_start. Without arrivals: today's first pass."""
+        cache = self.__dict__.setdefault("_arrived", {})  # batch size -> the curve (computed once)
+        if batch_size in cache:
+            return cache[batch_size]
+        n, S, s = len(self.train_idx), self.arrival_steps, self.arrival_start
+        if self.arrival == "none":
+            curve = np.full(1, n)
+        elif self.arrival == "uniform":  # exact integers: ceil(n0 + (n - n0) (k + 1) / S)
+            n0 = math.floor(s * n)
+            k = np.arange(1, S + 1, dtype=np.int64)
+            curve = n0 + ((n - n0) * k + S - 1) // S
+        else:  # geometric
+            n0 = max(1, round(s * n))
+            u = np.arange(1, S + 1) / S
+            curve = np.ceil(n * (n0 / n) ** (1 - u) - 1e-9).astype(np.int64)
+        curve = np.minimum(np.maximum(curve, 1), n)
+        curve[-1] = n
+        out, a = [], 0
+        while a < n:
+            a = min(int(curve[min(len(out), len(curve) - 1)]), a + batch_size)
+            out.append(a)
+        cache[batch_size] = np.array(out, dtype=np.int64)
+        return cache[batch_size]
+
+    def _n_arrived(self, steps: int, batch_size: int) -> int:
+        """Train rows arrived in steps 0..steps-1."""
+        a = self.arrived(batch_size)
+        return 0 if steps <= 0 else int(a[min(steps, len(a)) - 1])
 
     def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
         self.table = table  # (N, T)
@@ -302,9 +374,16 @@ class Finite(Task):
         return self.train_idx[rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))].astype(np.int64)
 
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, j = divmod(step, self.steps_per_epoch(batch_size))
-        ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
-        return ids, np.full(len(ids), epoch == 0)
+        if self.arrival == "none":
+            epoch, j = divmod(step, self.steps_per_epoch(batch_size))
+            ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
+            return ids, np.full(len(ids), epoch == 0)
+        before, after = self._n_arrived(step, batch_size), self._n_arrived(step + 1, batch_size)
+        order = self._epoch_order(0)  # the arrival order
+        k = min(batch_size - (after - before), before)  # revisits: the rest of the batch, of rows arrived before
+        revisit = rng_for(self.seed, 5, step).choice(before, size=k, replace=False) if k else np.zeros(0, np.int64)
+        ids = np.concatenate([order[before:after], order[revisit]])  # (B,) arrivals first
+        return ids, np.arange(len(ids)) < after - before
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         ids, new = self.schedule(step, batch_size)
@@ -314,8 +393,9 @@ class Finite(Task):
         return np.where(self.known, self.table[ids], 0)  # (B, T) the question, answer unknown
 
     def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
-        """Epoch 0 sends the train split in its seeded order; later epochs send nothing new."""
-        return self._epoch_order(0)[: steps * batch_size]
+        """The train split in the seeded order of epoch 0, as far as it has been sent (first pass, or
+        arrivals); revisits send nothing new."""
+        return self._epoch_order(0)[: self._n_arrived(steps, batch_size)]
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}

@@ -16,7 +16,8 @@ uniformly; the answer's floor becomes H(eps) + eps log2(p - 1) bits.
 
 The table is every valid (x, y); a seeded permutation puts `train_fraction` of it in the train split
 and the rest in the held-out ("val") split. Training walks the train split in a fresh seeded order each
-epoch; an example is `new` (enters the code length) only in epoch 0.
+epoch; an example is `new` (enters the code length) only in epoch 0. With `arrival` the train rows arrive
+over the run instead (`lab.tasks.base.Finite`), so the code covers the whole of training.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Literal
 
 import numpy as np
 
-from lab.config import TaskConfig, check
-from lab.tasks.base import Finite, register
+from lab.config import check
+from lab.tasks.base import Finite, TableConfig, register
 
 
 def _inverses(p: int) -> np.ndarray:
@@ -61,7 +62,7 @@ def is_prime(p: int) -> bool:
 
 
 @dataclass
-class ModularConfig(TaskConfig):
+class ModularConfig(TableConfig):
     name: str = "modular"
     """Which registered task (`python -m lab tasks` lists them)."""
     op: OpName = "x+y"
@@ -96,6 +97,9 @@ class Modular(Finite):
         train_fraction: float = 0.3,
         loss_on: str = "answer",
         label_noise: float = 0.0,
+        arrival: str = "none",
+        arrival_steps: int = 2000,
+        arrival_start: float = 0.0,
         seed: int = 0,
     ):
         symbol, nonzero_y, fn = OPS[op]
@@ -104,6 +108,7 @@ class Modular(Finite):
         x, y = (g.ravel() for g in np.meshgrid(np.arange(p), ys, indexing="ij"))  # (N,), (N,)
         z = fn(x, y, p, _inverses(p))  # residue r is token r
         self._build([str(i) for i in range(p)], symbol, x, y, z, train_fraction, loss_on, label_noise, seed)
+        self._set_arrival(arrival, arrival_steps, arrival_start)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (int(t) for t in row)

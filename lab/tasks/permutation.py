@@ -8,8 +8,8 @@ Token layout: one token per permutation (index in lexicographic order of the 120
     targets:                      o    y    =    z      (x is context)
 
 The table holds all 120 x 120 pairs (14,400 examples); the answer's floor is 0, or
-H(eps) + eps log2 119 with label noise eps. The train/held-out split and the epochs work as for the
-modular tasks (`lab.tasks.base.Finite`).
+H(eps) + eps log2 119 with label noise eps. The train/held-out split, the epochs and the arrivals work as
+for the modular tasks (`lab.tasks.base.Finite`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from lab.config import TaskConfig, check
-from lab.tasks.base import Finite, register
+from lab.config import check
+from lab.tasks.base import Finite, TableConfig, register
 
 PERMS = np.array(list(itertools.permutations(range(5))))  # (120, 5)
 INDEX = {tuple(p): i for i, p in enumerate(PERMS.tolist())}
@@ -47,7 +47,7 @@ OpName = Literal[tuple(OPS)]
 
 
 @dataclass
-class PermutationConfig(TaskConfig):
+class PermutationConfig(TableConfig):
     name: str = "permutation"
     """Which registered task (`python -m lab tasks` lists them)."""
     op: OpName = "x*y"
@@ -67,7 +67,8 @@ class Permutation(Finite):
     small = {"train_fraction": 0.02}
 
     def __init__(self, op: str = "x*y", train_fraction: float = 0.3, loss_on: str = "answer",
-                 label_noise: float = 0.0, seed: int = 0):
+                 label_noise: float = 0.0, arrival: str = "none", arrival_steps: int = 2000,
+                 arrival_start: float = 0.0, seed: int = 0):
         self.op, self.seed = op, seed
         n = len(PERMS)
         x, y = (g.ravel() for g in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))  # (N,), (N,)
@@ -75,6 +76,7 @@ class Permutation(Finite):
         z = np.array([INDEX[tuple(p)] for p in zp.tolist()])
         names = ["".join(map(str, p)) for p in PERMS.tolist()]
         self._build(names, "*", x, y, z, train_fraction, loss_on, label_noise, seed)
+        self._set_arrival(arrival, arrival_steps, arrival_start)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (self.vocab[int(t)] for t in row)
