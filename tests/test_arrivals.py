@@ -27,9 +27,9 @@ LAWS = [("uniform", 10, 0.0, 8), ("uniform", 6, 0.5, 8), ("geometric", 12, 0.0, 
 
 
 def arrival_task(law, steps, start, seed=0, op="x+y", p=11):
-    return make_task(load(f"{ROOT}/configs/grokking.yaml", [f"task.p={p}", f"task.op={op}", f"task.arrival={law}",
-                                                            f"task.arrival_steps={steps}", f"task.arrival_start={start}",
-                                                            f"seed={seed}"]))
+    overrides = [f"task.p={p}", f"task.op={op}", f"task.arrival={law}", f"task.arrival_steps={steps}",
+                 f"task.arrival_start={start}", f"seed={seed}"]
+    return make_task(load(f"{ROOT}/configs/grokking.yaml", overrides))
 
 
 @pytest.mark.parametrize("law,steps,start,batch", LAWS)
@@ -129,10 +129,10 @@ def test_arrival_windows_are_held_out_measures_and_certified_arrivals_are_right(
     exact match and certified share, as an independent recomputation before each step finds them; a
     certified arrival is always right; every arrival was coded before any step trained on it."""
     rec = Arrivals()
-    cfg = tiny_modular(tmp_path, "task.p=17", "task.train_fraction=0.7", "model.preset=grok-1l", "train.batch_size=64",
-                       "task.arrival=uniform", "task.arrival_steps=250", "task.arrival_start=0.3", "train.max_steps=260",
-                       "train.eval_every=20", "train.lr=3e-3", "train.weight_decay=1", "train.stop_at=null",
-                       "log.every=10")
+    cfg = tiny_modular(tmp_path, "task.p=17", "task.train_fraction=0.7", "model.preset=grok-1l",
+                       "train.batch_size=64", "task.arrival=uniform", "task.arrival_steps=250",
+                       "task.arrival_start=0.3", "train.max_steps=260", "train.eval_every=20", "train.lr=3e-3",
+                       "train.weight_decay=1", "train.stop_at=null", "log.every=10")
     result = train(cfg, extra_callbacks=[rec])
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     windows = [r for r in rows if "bits/arrivals" in r]
