@@ -165,7 +165,9 @@ class ProgressBar(TQDMProgressBar):
     def describe(self, trainer, pl_module) -> str:
         step = trainer.global_step
         parts = [f"step {step}/<={self.max_steps}"]
-        if self.task.finite:
+        if self.task.finite and self.task.arrival != "none":
+            parts.append(f"{self.task.n_arrived(step, self.batch_size)}/{len(self.task.train_idx)} rows arrived")
+        elif self.task.finite:
             parts.append(f"epoch {step / self.task.steps_per_epoch(self.batch_size):.1f}")
         else:
             parts.append(f"{fmt_count(pl_module.examples_seen)} examples")

@@ -46,7 +46,7 @@ def test_each_train_row_arrives_once_in_the_arrival_order_and_revisits_are_of_ar
         assert len(ids) == min(B, len(arrived) + int(new.sum()))  # the batch is full once enough have arrived
         arrived += ids[new].tolist()
         np.testing.assert_array_equal(task.sent_ids(step + 1, B), arrived)
-        assert len(arrived) == task._n_arrived(step + 1, B)
+        assert len(arrived) == task.n_arrived(step + 1, B)
     # every row once, in the seeded order of the first epoch (the receiver knows it)
     np.testing.assert_array_equal(arrived, task._epoch_order(0))
     assert len(arrived) == n and sorted(arrived) == sorted(task.train_idx.tolist())

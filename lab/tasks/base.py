@@ -340,7 +340,7 @@ class Finite(Task):
         cache[batch_size] = np.array(out, dtype=np.int64)
         return cache[batch_size]
 
-    def _n_arrived(self, steps: int, batch_size: int) -> int:
+    def n_arrived(self, steps: int, batch_size: int) -> int:
         """Train rows arrived in steps 0..steps-1."""
         a = self.arrived(batch_size)
         return 0 if steps <= 0 else int(a[min(steps, len(a)) - 1])
@@ -378,7 +378,7 @@ class Finite(Task):
             epoch, j = divmod(step, self.steps_per_epoch(batch_size))
             ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
             return ids, np.full(len(ids), epoch == 0)
-        before, after = self._n_arrived(step, batch_size), self._n_arrived(step + 1, batch_size)
+        before, after = self.n_arrived(step, batch_size), self.n_arrived(step + 1, batch_size)
         order = self._epoch_order(0)  # the arrival order
         k = min(batch_size - (after - before), before)  # revisits: the rest of the batch, of rows arrived before
         revisit = rng_for(self.seed, 5, step).choice(before, size=k, replace=False) if k else np.zeros(0, np.int64)
@@ -395,7 +395,7 @@ class Finite(Task):
     def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
         """The train split in the seeded order of epoch 0, as far as it has been sent (first pass, or
         arrivals); revisits send nothing new."""
-        return self._epoch_order(0)[: self._n_arrived(steps, batch_size)]
+        return self._epoch_order(0)[: self.n_arrived(steps, batch_size)]
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
