@@ -48,8 +48,9 @@ ADDITION_GRID = [("all", False, False, 0.0, 3), ("answer", False, False, 0.0, 3)
 MODULAR_OPS = ["x+y", "x-y", "x*y", "x/y", "x^2+y^2", "x^2+xy+y^2", "x^2+xy+y^2+x", "x^3+xy", "x^3+xy^2+y",
                "x/y if y odd else x-y"]
 S5_GRID = [("x*y", "answer", 0.0), ("x*y*x^-1", "all", 0.1), ("x*y*x", "all", 0.0)]
-# every arrival law of the table tasks: arrivals and revisits in the six steps (36 rows, batches of 16)
-ARRIVALS = [("uniform", 4, 0.0), ("uniform", 3, 0.5), ("geometric", 5, 0.0), ("geometric", 4, 0.2)]
+# every arrival law of the table tasks: arrivals and revisits in the six steps (36 rows, batches of 16;
+# grokking-arrivals.yaml above: a start share, uniform)
+ARRIVALS = [("uniform", 4, 0.0), ("geometric", 4, 0.2)]
 OTHER = [["model.dropout=0.1"], ["model.dropout=0.2", "task.loss_on=answer"],
          ["train.grokfast_lambda=2", "train.grad_clip=0.5"],
          ["task.chain_prob=0.5", "task.loss_on=answer", "task.n_digits=2", "task.n_heldout=1000"]]

@@ -21,10 +21,11 @@ with its type or choices, default and meaning.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from lab.config import ConfigError, load
+from lab.config import ConfigError, check_once, load
 
 
 def _parser(prog: str, description: str, config_keys: bool = False) -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def cmd_train(args: list[str]) -> int:
                  "(configs/*.yaml); key=value overrides it.", config_keys=True)
     ap.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
     path, overrides = _split(ap.parse_args(args).args)
+    check_once(overrides)
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("train.resume=")), None)
     if path is None and resume is None:
         raise ConfigError("config: give a config file (configs/*.yaml) or train.resume=RUN_DIR")
@@ -70,7 +72,9 @@ def cmd_train(args: list[str]) -> int:
             print(f"validation accuracy reached 0.9 at step {acc}; dl/table fell half-way from raw to final "
                   f"at step {dl}; wall time {s['wall_seconds_this_session']} s; figure {s['run_dir']}/grokking.png")
         if s["interrupted"]:
-            print(f"stopped; continue with: python -m lab train train.resume={s['run_dir']}")
+            print(f"stopped; continue with: python -m lab train train.resume={s['run_dir']}", flush=True)
+    if s["interrupted"]:  # 128 + the signal's number, as a shell reports a process a signal stopped
+        return 128 + int(signal.Signals[s["stopped_by"] or "SIGINT"])
     return 0
 
 
@@ -83,7 +87,11 @@ def _stream_args(args: list[str], prog: str, description: str) -> argparse.Names
     ns = ap.parse_intermixed_args(args)  # options anywhere among the overrides
     if ns.examples < 1:
         raise ConfigError(f"--examples: {ns.examples} is not >= 1")
+    check_once(ns.overrides)
     ns.cfg = load(ns.config, ns.overrides)
+    from lab.loggers import check_output
+
+    check_output(ns.output, "-o", (ns.config,))
     return ns
 
 
@@ -101,11 +109,15 @@ def cmd_compress(args: list[str]) -> int:
 
 def cmd_decompress(args: list[str]) -> int:
     from lab.coder import CodecError, decompress
+    from lab.loggers import check_output
 
     ap = _parser("decompress", "Rebuild a stream from a `compress` file by replaying the training it records.")
     ap.add_argument("file")
     ap.add_argument("-o", "--output", required=True)
     ns = ap.parse_args(args)
+    if not Path(ns.file).is_file():
+        raise ConfigError(f"file: {ns.file} does not exist or is not a file")
+    check_output(ns.output, "-o", (ns.file,))
     try:
         s = decompress(ns.file, ns.output)
     except (CodecError, OSError) as e:
@@ -161,6 +173,9 @@ def cmd_report(args: list[str]) -> int:
               f"compression against validation accuracy: {rhos}")
     else:
         print("\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in r["final"].items()))
+    for path, lines in r["skipped"].items():
+        print(f"skipped {len(lines)} malformed line(s) of {path}: {', '.join(map(str, lines[:20]))}"
+              + (" ..." if len(lines) > 20 else ""))
     print(f"figure {r['figure']}; tables report.csv, report.md beside it")
     return 0
 
@@ -209,12 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]")
     ns = parser.parse_args(argv)
     from lab.bits import NonFiniteError
+    from lab.train import NothingToDo
 
     try:
         return COMMANDS[ns.command](ns.args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except NothingToDo as e:
+        print(e)
+        return 0
+    except OSError as e:  # a full disk, a file system gone read-only: one line; the last checkpoint stays
+        print(f"I/O error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the last good checkpoint "
+              f"(if any) is kept", file=sys.stderr)
+        return 1
     except NonFiniteError as e:
         print(f"training error: {e}", file=sys.stderr)
         return 1

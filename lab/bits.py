@@ -108,6 +108,7 @@ class Bits(L.Callback):
         self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
         self.at_eval = self.acc.clone()  # counters at the previous evaluation (the arrivals' window)
         self.bad_step = torch.tensor(-1)  # the first step whose loss or bits were not finite
+        self._logged_step = -1  # the step of the latest bits row
         self._val: dict[str, torch.Tensor] = {}
         self._unsent: torch.Tensor | None = None
         self.last_dl: dict[str, float] = {}  # the latest evaluation's dl/... metrics
@@ -163,7 +164,7 @@ class Bits(L.Callback):
         self.acc += delta
         step = trainer.global_step
         self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(delta).all(), step, self.bad_step)
-        if step % self.every == 0:
+        if step % self.every == 0 or step >= trainer.max_steps:  # (and a row at the run's last step)
             self.check(pl_module)
             self._log(trainer, pl_module)
 
@@ -176,6 +177,14 @@ class Bits(L.Callback):
         if weights and not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             raise NonFiniteError(f"step {pl_module.trainer.global_step}: the weights are not finite; "
                                  f"the run stops, its last good checkpoint is kept")
+
+    def before_save(self, pl_module) -> None:
+        """Before a checkpoint: the state must be finite, and a stopping run's last row is written first
+        (so the checkpoint covers it, and a resumed run's next window starts after it)."""
+        self.check(pl_module, weights=True)
+        trainer = pl_module.trainer
+        if trainer.should_stop and self._logged_step != trainer.global_step and trainer.global_step > 0:
+            self._log(trainer, pl_module, bar=False)
 
     def totals(self) -> dict[str, float]:
         """The cumulative metrics, as Python floats (one host transfer)."""
@@ -192,7 +201,9 @@ class Bits(L.Callback):
             out[f"bits/excess/{name}"] = float(bits - n * fl)
         return out
 
-    def _log(self, trainer, pl_module) -> None:
+    def _log(self, trainer, pl_module, bar: bool = True) -> None:
+        """One bits row; `bar`: also the progress bar's values (only from a training hook)."""
+        self._logged_step = trainer.global_step
         w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+5)
         self.last = self.acc.clone()
         metrics = self.totals()
@@ -212,7 +223,7 @@ class Bits(L.Callback):
             })
             if floor > 0:  # (undefined for a floor of 0: a rule without noise)
                 metrics["bits/ratio_floor"] = total / floor
-            if not self.task.finite:  # (a finite task shows dl/table instead)
+            if bar and not self.task.finite:  # (a finite task shows dl/table instead)
                 bar = {"bits/ex": total / n, "floor": self.floor_example, "epi": (total - floor) / n}
                 for k, v in bar.items():
                     pl_module.log(k, v, prog_bar=True, logger=False)
@@ -288,6 +299,8 @@ class Bits(L.Callback):
     # -- the end: a per-position table in the run directory -------------------------------------------
     def on_train_end(self, trainer, pl_module) -> None:
         self.check(pl_module)
+        if self._logged_step != trainer.global_step and trainer.global_step > 0:  # a stop between log steps
+            self._log(trainer, pl_module, bar=False)
         if self.run_dir is None or not trainer.is_global_zero:
             return
         first, revisit = self.acc.cpu().numpy()

@@ -4,9 +4,14 @@ Checkpoints are written atomically (temporary file, then rename) at step boundar
 checkpoint always holds a consistent state: model, optimizer, schedule, loop counters, RNG, and every
 callback's counters (bits included). A checkpoint at a step that also evaluates is written after the
 evaluation (a resumed run does not evaluate that step again), and the loggers are synced to disk
-before the rename: whatever a checkpoint covers, the metrics file holds. The first Ctrl-C asks for a
-stop: the current step finishes, `last.ckpt` is written and training ends cleanly; a second Ctrl-C
-interrupts at once.
+before the rename: whatever a checkpoint covers, the metrics file holds.
+
+Signals: the first SIGINT (Ctrl-C) or SIGTERM (what SLURM, Kubernetes, `docker stop` and `timeout`
+send before they kill) asks for a stop: the current step finishes, the run evaluates, `last.ckpt` is
+written after the rows it covers, and `lab train` prints the resume command and exits with 128 + the
+signal's number (130, 143: "stopped by a signal", which a scheduler reads as preempted). A second
+SIGINT or SIGTERM stops at once. The last step of a run (`train.max_steps`) also evaluates, so every run
+ends with an evaluation and a metrics row at its last step.
 """
 
 from __future__ import annotations
@@ -28,23 +33,32 @@ class Checkpoints(L.Callback):
     def __init__(self, dirpath: Path, every: int, keep: int, eval_every: int, guard=None):
         self.dir, self.every, self.keep, self.eval_every, self.guard = Path(dirpath), every, keep, eval_every, guard
         self.stop_requested = False
+        self.stop_signal: int | None = None  # the signal that asked for the stop (SIGINT, SIGTERM)
         self._saved_step = -1
         self._pending: tuple[int, bool] | None = None  # (step, periodic): waits for that step's evaluation
-        self._old_handler = None
+        self._old_handlers: dict[int, object] = {}
 
-    # -- Ctrl-C ---------------------------------------------------------------------------------------
-    def _on_sigint(self, signum, frame) -> None:
-        self.stop_requested = True
-        signal.signal(signal.SIGINT, self._old_handler or signal.default_int_handler)  # 2nd: interrupt
+    # -- SIGINT and SIGTERM ---------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested:  # the second: at once
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.stop_requested, self.stop_signal = True, signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", flush=True)
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # (after Lightning's own handlers, which would end a SIGTERMed run without a checkpoint)
         if threading.current_thread() is threading.main_thread():
-            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._old_handler is not None:
-            signal.signal(signal.SIGINT, self._old_handler)
-            self._old_handler = None
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers = {}
 
     # -- saving ---------------------------------------------------------------------------------------
     def save(self, trainer, name: str) -> Path:
@@ -52,12 +66,17 @@ class Checkpoints(L.Callback):
             self.guard(trainer.lightning_module)
         path = self.dir / name
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:  # the rows this checkpoint covers are on disk first
-                if hasattr(logger, "sync"):
-                    logger.sync()
-            os.replace(tmp, path)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:  # the rows this checkpoint covers are on disk first
+                    if hasattr(logger, "sync"):
+                        logger.sync()
+                os.replace(tmp, path)
+        except BaseException:  # a full disk: no half-written file left, the previous checkpoint stays
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
+            raise
         return path
 
     def _save_last(self, trainer) -> None:
@@ -72,6 +91,8 @@ class Checkpoints(L.Callback):
         self._save_last(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= trainer.max_steps:  # the last step: evaluate, then save (below)
+            trainer.should_stop = True
         stop = self.stop_requested
         if trainer.world_size > 1:  # all ranks must stop at the same step
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import textwrap
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -166,7 +168,15 @@ def _sources(path: str | Path | None, overrides: list[str], base: dict | None) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file: {path} does not exist")
-        layers.append(OmegaConf.load(path))
+        try:
+            layer = OmegaConf.load(path)
+        except yaml.YAMLError as e:  # a syntax error, a duplicate key: the line and what is wrong
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file: {path}{where}: {getattr(e, 'problem', None) or e}") from None
+        if not layer:
+            raise ConfigError(f"config file: {path} is empty (no key set); give the keys it should change")
+        layers.append(layer)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"{item}: overrides are written key=value")
@@ -213,6 +223,15 @@ def load(path: str | Path | None = None, overrides: list[str] = (), base: dict |
     return obj
 
 
+def check_once(overrides: list[str]) -> None:
+    """A command line names each key once (in Python, a later override of the same key wins)."""
+    seen: set[str] = set()
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        check(key not in seen, key, "given twice on the command line")
+        seen.add(key)
+
+
 def from_dict(d: dict) -> Config:
     return load(None, (), base=d)
 
@@ -256,6 +275,14 @@ def validate(cfg: Config) -> None:
 
     t, m, tr, lg = cfg.task, cfg.model, cfg.train, cfg.log
     task = TASKS[t.name]
+    for section in ("task", "model", "train", "log"):  # inf and nan are never a setting
+        obj = getattr(cfg, section)
+        for f in fields(obj):
+            values = getattr(obj, f.name)
+            for v in values if isinstance(values, list) else [values]:
+                check(not isinstance(v, float) or math.isfinite(v), f"{section}.{f.name}",
+                      f"{v} is not a finite number")
+    check(0 <= cfg.seed < 2**32, "seed", f"{cfg.seed} is not in [0, 2^32)")
     t.validate()
 
     check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}; choose from {list(PRESETS)}")

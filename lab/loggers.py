@@ -8,7 +8,9 @@ Crash safety: every call to the logger is appended to the file at once (nothing 
 `sync()` fsyncs it; the checkpoint callback syncs before it renames a checkpoint into place, so the
 rows a checkpoint covers are on disk whenever the checkpoint is. While a run is going, one step may
 span several lines; `read_metrics` merges them, and the file is rewritten with one line per step when
-the run ends or resumes (keeping the rows up to the checkpoint it resumes from).
+the run ends or resumes (keeping the rows up to the checkpoint it resumes from). A malformed line (a
+partial write, another tool, an editor) is skipped by readers, never the rows after it, and moved to
+`metrics.jsonl.bad` when the file is rewritten.
 """
 
 from __future__ import annotations
@@ -32,17 +34,24 @@ def log_metrics(trainer, metrics: dict) -> None:
         logger.log_metrics(metrics, step=trainer.global_step - 1)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics file, one per step (lines of the same step merged, in order)."""
+def read_metrics(path: str | Path, skipped: list[int] | None = None) -> list[dict]:
+    """The rows of a metrics file, one per step (lines of the same step merged, in order). A line that is
+    not a JSON object with an integer `step` (cut short by a crash, or written by another tool) is
+    skipped, never the rows after it; its line number (from 1) goes to `skipped`."""
     rows: list[dict] = []
     with open(path) as f:
-        for line in f:
+        for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash: nothing after it was written
-                break
+                ok = isinstance(r, dict) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool)
+            except json.JSONDecodeError:
+                ok = False
+            if not ok:
+                if skipped is not None:
+                    skipped.append(i)
+                continue
             if rows and rows[-1]["step"] == r["step"]:
                 rows[-1].update(r)
             else:
@@ -50,14 +59,57 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def bad_lines(path: str | Path) -> list[int]:
+    """Line numbers of the lines `read_metrics` skips."""
+    skipped: list[int] = []
+    read_metrics(path, skipped)
+    return skipped
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary file, fsynced, renamed into place."""
+    """Write a file whole or not at all: a temporary file, fsynced, renamed into place (a failure, a full
+    disk say, leaves the old file and no temporary one)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """Raise ConfigError naming `key` unless `path` is a directory this process can write in, or can be
+    created as one. Checks only: writes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file, not a directory")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}: {path} cannot be created: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {ancestor} is not writable (read-only file system or no permission)")
+
+
+def check_output(out: str | Path, key: str, inputs: tuple = ()) -> None:
+    """Raise ConfigError naming `key` unless `out` can be written as a file before any work is done: its
+    directory exists and is writable, it is not a directory, and it is none of the `inputs`."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{key}: {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{key}: the directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {out.parent} is not writable (read-only file system or no permission)")
+    for src in inputs:
+        same = out.exists() and Path(src).exists() and os.path.samefile(out, src)
+        if same or out.resolve() == Path(src).resolve():
+            raise ConfigError(f"{key}: {out} is the input file; writing it would destroy the input")
 
 
 class JsonlLogger(Logger):
@@ -102,8 +154,14 @@ class JsonlLogger(Logger):
             os.fsync(self._file.fileno())
 
     def _compact(self, keep_until: float = math.inf) -> None:
-        """Rewrite the file with one line per step, keeping the steps <= keep_until."""
-        rows = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
+        """Rewrite the file with one line per step, keeping the steps <= keep_until. Lines that are not
+        rows are kept too, verbatim, in `metrics.jsonl.bad` (with their line numbers), not dropped."""
+        skipped: list[int] = []
+        rows = [r for r in read_metrics(self.path, skipped) if r["step"] <= keep_until]
+        if skipped:
+            lines = self.path.read_text().splitlines()
+            with open(self.path.with_name(self.path.name + ".bad"), "a") as f:
+                f.writelines(f"{datetime.now():%Y-%m-%d %H:%M:%S} line {i}: {lines[i - 1]}\n" for i in skipped)
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     @rank_zero_only

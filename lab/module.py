@@ -135,8 +135,8 @@ class LabModule(L.LightningModule):
                                        self.trainer.world_size, self.manual_backward)
         self.examples_seen += int(batch["n_global"])
         self.log("train/loss", loss, prog_bar=True, logger=False)
-        if (step + 1) % self.cfg.log.every == 0:  # float64 rows with the exact examples_seen
-            if self.trainer.world_size > 1:
+        if (step + 1) % self.cfg.log.every == 0 or step + 1 >= self.trainer.max_steps:  # (and the last step)
+            if self.trainer.world_size > 1:  # float64 rows with the exact examples_seen
                 loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
             log_metrics(self.trainer, {"train/loss": float(loss), "examples_seen": float(self.examples_seen),
                                        "train/lr": lr})

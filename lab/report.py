@@ -13,6 +13,7 @@ rank correlation printed. Compression tracking generalization shows as a strongl
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -68,12 +69,27 @@ def write_table(rows: list[dict], out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def run_rows(run_dir: Path, skipped: dict[str, list[int]]) -> list[dict]:
+    """A run's metrics rows (malformed lines skipped, their numbers in `skipped[run]`); a run that wrote
+    a summary but no metrics file reads as one row of its summary."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        s = json.loads((run_dir / "summary.json").read_text())
+        return [{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}]
+    bad: list[int] = []
+    rows = read_metrics(path, bad)
+    if bad:
+        skipped[str(path)] = bad
+    return rows
+
+
 def run_report(run_dir: Path) -> dict:
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    skipped: dict[str, list[int]] = {}
+    rows = run_rows(run_dir, skipped)
     final = final_figures(rows)
     write_table([final], run_dir / "report")
     stream_figure(run_dir, run_dir / "report.png", rows)
-    return {"kind": "run", "final": final, "figure": str(run_dir / "report.png")}
+    return {"kind": "run", "final": final, "figure": str(run_dir / "report.png"), "skipped": skipped}
 
 
 def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
@@ -81,9 +97,9 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     flat = {r: dict(_flatten(c)) for r, c in configs.items()}
     varying = sorted(k for k in set().union(*flat.values())
                      if len({str(f.get(k)) for f in flat.values()}) > 1 and not k.startswith("log."))
-    table = []
+    table, skipped = [], {}
     for r in sorted(runs):
-        rows = read_metrics(r / "metrics.jsonl")
+        rows = run_rows(r, skipped)
         table.append({"run": r.name, **{k: flat[r].get(k) for k in varying}, **final_figures(rows)})
     measures = [m for m in MEASURES if all(t.get(m) is not None for t in table)][:3]
     label = lambda t: ", ".join(str(t[k]) for k in varying) or t["run"]  # noqa: E731
@@ -107,7 +123,8 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     plt.close(fig)
     metric = measures[0] if measures else None
     return {"kind": "sweep", "runs": len(table), "metric": metric, "spearman": rhos.get(metric, math.nan),
-            "spearman_by_measure": rhos, "varying": varying, "figure": str(sweep_dir / "report.png")}
+            "spearman_by_measure": rhos, "varying": varying, "figure": str(sweep_dir / "report.png"),
+            "skipped": skipped}
 
 
 def _flatten(d: dict, prefix: str = ""):
@@ -120,9 +137,12 @@ def _flatten(d: dict, prefix: str = ""):
 
 def report(path: str | Path) -> dict:
     path = Path(path)
-    if (path / "metrics.jsonl").exists():
+    ran = lambda d: (d / "metrics.jsonl").exists() or (d / "summary.json").exists()  # noqa: E731
+    if ran(path):
         return run_report(path)
-    runs = [d for d in sorted(path.iterdir()) if (d / "metrics.jsonl").exists()] if path.is_dir() else []
+    runs = [d for d in sorted(path.iterdir()) if d.is_dir() and ran(d) and ".failed-" not in d.name] \
+        if path.is_dir() else []
     if not runs:
-        raise ConfigError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl)")
+        raise ConfigError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl "
+                          f"or summary.json)")
     return sweep_report(path, runs)

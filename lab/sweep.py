@@ -249,6 +249,13 @@ def base_command(sweep: dict) -> list[str]:
     return [c for c in cmd[cmd.index("train") + 1 :] if not c.startswith("${")]
 
 
+def last_wins(args: list[str]) -> list[str]:
+    """The command's arguments with each key=value key once, at its last value (what is added to every
+    run replaces the sweep command's own setting; `lab train` refuses a key given twice)."""
+    last = {a.split("=", 1)[0]: i for i, a in enumerate(args) if "=" in a}
+    return [a for i, a in enumerate(args) if "=" not in a or last[a.split("=", 1)[0]] == i]
+
+
 def run_name(i: int, params: dict) -> str:
     short = "-".join(f"{k.split('.')[-1]}_{_fmt(v)}" for k, v in flat(params).items())
     return f"{i:03d}-{short}"[:120].replace("/", "_")
@@ -278,7 +285,14 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep: {path} does not exist")
-    sweep = yaml.safe_load(path.read_text())
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"sweep: {path}{f' line {mark.line + 1}' if mark else ''}: "
+                          f"{getattr(e, 'problem', None) or e}") from None
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"sweep: {path} is not a sweep (a mapping with name, method, parameters, command)")
     name = sweep_name(path)
     runs = expand(sweep, count, seed)
     base = base_command(sweep)
@@ -298,7 +312,9 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
             args.append(f"log.project={sweep['project']}")
         if state == "interrupted":
             args.append(f"train.resume={run_dir}")
-        cmd = [sys.executable, "-m", "lab", "train", *args]
+        elif run_dir.exists() and not dry_run:  # a run that failed before its first checkpoint: kept aside
+            run_dir.rename(run_dir.with_name(f"{run}.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
+        cmd = [sys.executable, "-m", "lab", "train", *last_wins(args)]
         if dry_run:
             return {**record, "status": "would run", "command": shlex.join(cmd)}
         t0 = time.time()
@@ -306,7 +322,9 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
         with open(sweep_dir / f"{run}.log", "w") as out:
             env = {**os.environ, **({"WANDB_ENTITY": str(sweep["entity"])} if "entity" in sweep else {})}
             code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        result = {**record, "status": "finished" if code == 0 else f"failed (exit {code})",
+        outcome = ("finished" if code == 0 else f"interrupted (exit {code})" if code in (130, 143)  # a signal
+                   else f"failed (exit {code})")
+        result = {**record, "status": outcome,
                   "seconds": round(time.time() - t0, 1)}
         if code != 0:
             tail = (sweep_dir / f"{run}.log").read_text().strip().splitlines()[-1:]
@@ -316,5 +334,16 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
         print(f"[{name}] {run}: {result['status']} ({result['seconds']} s)", flush=True)
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(lambda a: one(*a), enumerate(runs)))
+    if dry_run:
+        return [one(i, params) for i, params in enumerate(runs)]
+    from lab.loggers import check_writable_dir
+    from lab.train import RunLock  # one writer per sweep directory, as per run directory
+
+    check_writable_dir(sweep_dir, "--dir")
+    lock = RunLock(sweep_dir)
+    lock.acquire("sweep")
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            return list(pool.map(lambda a: one(*a), enumerate(runs)))
+    finally:
+        lock.release()

@@ -18,9 +18,12 @@ import fcntl
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,9 +33,9 @@ import torch
 
 from lab.bits import Bits
 from lab.callbacks import Checkpoints, ProgressBar, Report
-from lab.config import Config, ConfigError, diff, load_saved, to_dict, to_yaml
+from lab.config import Config, ConfigError, diff, from_dict, load_saved, to_dict, to_yaml
 from lab.data import LabData
-from lab.loggers import JsonlLogger, make_wandb_logger, write_atomic
+from lab.loggers import JsonlLogger, check_writable_dir, make_wandb_logger, write_atomic
 from lab.module import LabModule
 from lab.plots import grokking_figure, stream_figure
 from lab.probes import GrokkingProbes
@@ -56,6 +59,74 @@ class RunResult:
     trainer: L.Trainer
     bits: Bits
     summary: dict
+
+
+class NothingToDo(Exception):
+    """Resuming a run that has finished, with nothing asked of it beyond what it did."""
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint file, without loading it: None if every entry of the zip archive
+    torch writes is whole and matches its CRC-32 (a truncated or altered file does not)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"unreadable ({e})"
+    return None if bad is None else f"checksum mismatch in {bad}"
+
+
+def _newest_intact(run_dir: Path, but: Path, saved: Config) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*.ckpt"), reverse=True)
+    for p in [run_dir / "checkpoints" / "last.ckpt", *ckpts]:
+        if p.is_file() and p.resolve() != but.resolve() and checkpoint_problem(p) is None:
+            ck = torch.load(p, map_location="cpu", weights_only=False)
+            if not diff(saved, from_dict(ck["lab"]["config"])):
+                return p
+    return None
+
+
+def load_checkpoint(ckpt: Path, run_dir: Path, saved: Config) -> dict:
+    """The checkpoint, after checking it is whole and was written by the run's config: else ConfigError
+    naming the newest intact checkpoint to resume from instead."""
+    problem = checkpoint_problem(ckpt)
+    ck = None
+    if problem is None:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        lab = ck.get("lab", {}) if isinstance(ck, dict) else {}
+        try:
+            changed = diff(saved, from_dict(lab["config"]))
+        except (KeyError, ConfigError) as e:
+            changed = [f"its config ({e})"]
+        if changed:
+            problem = f"written by another configuration: {changed[0]} differs from {run_dir / 'config.yaml'}"
+    if problem is None:
+        return ck
+    other = _newest_intact(run_dir, ckpt, saved)
+    hint = (f"resume from the newest intact checkpoint instead: train.resume={other}" if other
+            else f"no intact checkpoint of this run is left in {run_dir / 'checkpoints'}")
+    raise ConfigError(f"train.resume: {ckpt} is damaged: {problem}; {hint}")
+
+
+def finished(run_dir: Path, step: int, cfg: Config) -> str | None:
+    """Why resuming this run would do nothing (it finished and nothing asks for more), or None."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        s = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if s.get("interrupted", True) or s.get("steps") != step:
+        return None
+    saved = load_saved(run_dir / "config.yaml").train
+    tr = cfg.train
+    if tr.max_steps <= step:
+        return f"it finished at step {step} of train.max_steps={saved.max_steps}; raise train.max_steps to continue"
+    if step < saved.max_steps and (tr.stop_at, tr.stop_metric) == (saved.stop_at, saved.stop_metric):
+        return (f"it stopped at step {step} when {saved.stop_metric} reached {saved.stop_at}; change train.stop_at "
+                f"(or null) to continue")
+    return None
 
 
 def resume_paths(resume: str) -> tuple[Path, Path]:
@@ -91,7 +162,7 @@ class RunLock:
             holder = f.read().strip() or "another process"
             f.close()
             raise ConfigError(f"{key}: {self.path.parent} is being written by {holder}; "
-                              f"one writer per run directory (stop that run first)") from None
+                              f"one writer per run or sweep directory (stop that one first)") from None
 
     def check(self, key: str) -> None:
         """Raise as `acquire` would if a live process holds the lock; take nothing, write nothing."""
@@ -124,7 +195,11 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
         changed = diff(saved, cfg)
         if changed:
             raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")
-        step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+        step = load_checkpoint(ckpt, run_dir, saved)["global_step"]
+        worker = os.environ.get("LOCAL_RANK", "0") != "0"  # (rank 0 decided, then rewrote config.yaml)
+        why = None if worker else finished(run_dir, step, cfg)
+        if why:
+            raise NothingToDo(f"{run_dir}: nothing to do, nothing changed: {why}")
         return run_dir, ckpt, step
     worker = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP process that rank 0 launched
     if worker:
@@ -132,9 +207,12 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
     elif cfg.log.name:
         name = cfg.log.name
         RunLock(Path(cfg.log.dir) / name).check("log.name")  # a live run first: that is the news
-        if (Path(cfg.log.dir) / name / "checkpoints" / "last.ckpt").exists():
-            raise ConfigError(f"log.name: {Path(cfg.log.dir) / name} already holds a run; resume it with "
-                              f"train.resume={Path(cfg.log.dir) / name}")
+        run_dir = Path(cfg.log.dir) / name
+        if (run_dir / "checkpoints" / "last.ckpt").exists():
+            raise ConfigError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ConfigError(f"log.name: {run_dir} already exists (a run without a checkpoint, or other files); "
+                              f"a new run never reuses a directory: choose another log.name or move it away")
     else:  # <config>-<date>-<time>, with a suffix if that directory is taken
         stem = name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
         i = 1
@@ -148,6 +226,9 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
 def build(cfg: Config) -> tuple[Task, LabModule]:
     """The task and the seeded module, before anything is written: a failure here is a start-up error
     (ConfigError, naming the key where the message does) and leaves no run directory behind."""
+    if cfg.train.accelerator == "gpu" and torch.cuda.device_count() < cfg.train.devices:
+        raise ConfigError(f"train.accelerator: gpu asks for {cfg.train.devices} CUDA device(s); this machine has "
+                          f"{torch.cuda.device_count()} (use train.accelerator=cpu or auto)")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -160,14 +241,26 @@ def build(cfg: Config) -> tuple[Task, LabModule]:
 
 
 def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:
+    if not cfg.train.resume:
+        check_writable_dir(cfg.log.dir, "log.dir")
     run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
     task, module = build(cfg)
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     lock = RunLock(run_dir)
+    fresh = ckpt is None and not run_dir.exists()
     if rank0:  # (DDP workers are launched by rank 0 and write nothing of their own)
         lock.acquire("train.resume" if ckpt else "log.name")
     try:
         return _train(cfg, task, module, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "allocate" not in msg:
+            raise
+        if fresh and rank0 and module.examples_seen == 0:  # (not one step done)
+            lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)  # a start that could not run: nothing written
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} rows (eval {cfg.train.eval_batch_size}) "
+                          f"do not fit in memory with this model: {msg[:200]}") from None
     finally:
         lock.release()
 
@@ -181,7 +274,7 @@ def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path
 
     bits = Bits(task, cfg.log.every, run_dir, data.batch_size)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
-                              cfg.train.eval_every, guard=lambda m: bits.check(m, weights=True))
+                              cfg.train.eval_every, guard=bits.before_save)
     probes = GrokkingProbes(task)
     twopart = TwoPart(task)
     callbacks = [bits, probes, twopart, Report(), checkpoints]
@@ -233,6 +326,7 @@ def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path
         "examples_seen": module.examples_seen,
         "wall_seconds_this_session": round(time.time() - t0, 1),
         "interrupted": checkpoints.stop_requested,
+        "stopped_by": signal.Signals(checkpoints.stop_signal).name if checkpoints.stop_signal else None,
         **{k: v for k, v in module.last_eval.items() if k.startswith(("val/", "train/"))},
         **bits.last_dl,
         **twopart.last,

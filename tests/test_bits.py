@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lab.loggers import read_metrics
+from lab.sweep import last_wins
 from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -165,6 +166,7 @@ def _run_cli(tmp_path, name, base, *overrides):
     cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/{config}", *rest, f"log.dir={tmp_path}",
            f"log.name={name}", "log.wandb=false", "log.progress_bar=false", "train.threads=1",
            "train.accelerator=cpu", *overrides]
+    cmd = last_wins(cmd)  # (the command line names each key once: the overrides replace the base)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return read_metrics(tmp_path / name / "metrics.jsonl")

@@ -125,7 +125,8 @@ def test_sweep_errors_name_the_key():
         base_command({"command": ["python", "-m", "lab", "train", "${args}"]})  # --key=value
 
 
-SHIPPED = {"grokking.yaml": 8, "addition.yaml": 8, "grokking-threshold.yaml": 10}  # runs each makes
+SHIPPED = {"grokking.yaml": 8, "addition.yaml": 8, "grokking-threshold.yaml": 10,  # runs each makes
+           "grokking-arrivals.yaml": 12}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in Path(f"{ROOT}/configs/sweeps").glob("*.yaml")))

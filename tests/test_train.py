@@ -68,6 +68,7 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path, kind, tiny_addition, tiny_mo
     full = train(make_cfg(tmp_path / "a", "model.dropout=0.1"))
     stopped = train(make_cfg(tmp_path / "b", "model.dropout=0.1"), extra_callbacks=[Interrupt(13)])
     assert stopped.trainer.global_step == 14 and stopped.summary["interrupted"]  # the step in flight ends
+    assert stopped.summary["stopped_by"] == "SIGINT"  # (`lab train` exits with 128 + 2)
     resumed = train(make_cfg(tmp_path / "c", "model.dropout=0.1", f"train.resume={tmp_path}/b/t"))
     assert resumed.trainer.global_step == 30
     assert torch.equal(resumed.bits.acc, full.bits.acc)  # every counter, to the last bit
