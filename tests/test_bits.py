@@ -172,7 +172,7 @@ def _run_cli(tmp_path, name, base, *overrides):
     return read_metrics(tmp_path / name / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("lr,rel", [(0.0, 1e-9), (3e-3, 0.01)])
+@pytest.mark.parametrize("lr,rel", [pytest.param(0.0, 1e-9, marks=pytest.mark.slow), (3e-3, 0.01)])
 def test_ddp_total_equals_single_process(tmp_path, lr, rel):
     """Two gloo processes split each global batch; the bits are summed over both and logged once."""
     one = _run_cli(tmp_path, "one", ADDITION, f"train.lr={lr}")

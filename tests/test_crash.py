@@ -83,8 +83,10 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("hook,step,resumes_from", [
-    ("train", 6, 6),  # right after a checkpoint (one without an evaluation)
-    ("after_eval", 12, 12),  # right after a checkpoint written after its step's evaluation
+    # (the first two in `make test-full` only: the fast suite keeps the kills between checkpoints)
+    pytest.param("train", 6, 6, marks=pytest.mark.slow),  # right after a checkpoint (one without an evaluation)
+    pytest.param("after_eval", 12, 12, marks=pytest.mark.slow),  # right after a checkpoint written after its
+    # step's evaluation
     ("train", 9, 6),  # between checkpoints, rows after the checkpoint already on disk
     ("eval", 12, 6),  # during an evaluation, before that step's checkpoint
 ])

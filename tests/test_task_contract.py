@@ -79,7 +79,8 @@ def test_per_position_arrays_and_floors(name):
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.1])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "multiplication" else n
+                                  for n in NAMES])  # (its enumeration takes half a minute: make test-full)
 def test_floors_are_the_exact_conditional_entropies(name, noise):
     task = small(name, label_noise=noise)
     rows, probs = task.exact_law()
