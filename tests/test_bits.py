@@ -186,6 +186,7 @@ def test_ddp_total_equals_single_process(tmp_path, lr, rel):
         assert y == pytest.approx(x, rel=rel)
 
 
+@pytest.mark.slow  # (make test-full; tests/test_arrivals.py runs a table task under DDP and resumed)
 def test_ddp_table_task_with_an_empty_process_equals_single_process(tmp_path):
     """A table task under DDP: the last batch of each epoch (1 row) leaves one process empty. Its loss
     is zero, not NaN, so training, bits/total and dl/table equal one process's, and examples_seen is
@@ -201,6 +202,7 @@ def test_ddp_table_task_with_an_empty_process_equals_single_process(tmp_path):
             assert y == pytest.approx(x, rel=1e-5), key
 
 
+@pytest.mark.slow  # (make test-full; tests/test_arrivals.py runs a table task under DDP and resumed)
 def test_ddp_table_task_resumed_in_its_first_epoch_ends_with_the_same_dl_table(tmp_path):
     """Interrupted after step 1 of 3 in the first epoch (each process sent its own half of the batch),
     then resumed: the rows already sent are the same for both processes, so dl/table ends exactly as an
