@@ -170,10 +170,8 @@ def _sources(path: str | Path | None, overrides: list[str], base: dict | None) -
             raise ConfigError(f"config file: {path} does not exist")
         try:
             layer = OmegaConf.load(path)
-        except yaml.YAMLError as e:  # a syntax error, a duplicate key: the line and what is wrong
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file: {path}{where}: {getattr(e, 'problem', None) or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file: {yaml_error(path, e)}") from None
         if not layer:
             raise ConfigError(f"config file: {path} is empty (no key set); give the keys it should change")
         layers.append(layer)
@@ -189,6 +187,12 @@ def _sources(path: str | Path | None, overrides: list[str], base: dict | None) -
         else:
             layers.append(OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item]))
     return layers
+
+
+def yaml_error(path: str | Path, e: yaml.YAMLError) -> str:
+    """"PATH line N: what is wrong" of a YAML syntax error or duplicate key."""
+    mark = getattr(e, "problem_mark", None)
+    return f"{path}{f' line {mark.line + 1}' if mark is not None else ''}: {getattr(e, 'problem', None) or e}"
 
 
 def _python_dict(text: str) -> dict | None:

@@ -59,12 +59,6 @@ def read_metrics(path: str | Path, skipped: list[int] | None = None) -> list[dic
     return rows
 
 
-def bad_lines(path: str | Path) -> list[int]:
-    """Line numbers of the lines `read_metrics` skips."""
-    skipped: list[int] = []
-    read_metrics(path, skipped)
-    return skipped
-
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a file whole or not at all: a temporary file, fsynced, renamed into place (a failure, a full

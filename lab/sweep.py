@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lab.config import ConfigError
+from lab.config import ConfigError, yaml_error
 
 # W&B's parameter types, in the order W&B tries them (its sweep schema's `parameter.anyOf`): a spec is the
 # first whose required keys it has, whose other keys it may have, and whose checks its values pass.
@@ -288,9 +288,7 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
     try:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"sweep: {path}{f' line {mark.line + 1}' if mark else ''}: "
-                          f"{getattr(e, 'problem', None) or e}") from None
+        raise ConfigError(f"sweep: {yaml_error(path, e)}") from None
     if not isinstance(sweep, dict):
         raise ConfigError(f"sweep: {path} is not a sweep (a mapping with name, method, parameters, command)")
     name = sweep_name(path)

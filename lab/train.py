@@ -108,8 +108,9 @@ def load_checkpoint(ckpt: Path, run_dir: Path, saved: Config) -> dict:
     raise ConfigError(f"train.resume: {ckpt} is damaged: {problem}; {hint}")
 
 
-def finished(run_dir: Path, step: int, cfg: Config) -> str | None:
-    """Why resuming this run would do nothing (it finished and nothing asks for more), or None."""
+def finished(run_dir: Path, step: int, cfg: Config, saved: Config) -> str | None:
+    """Why resuming this run (its saved config `saved`) would do nothing (it finished and nothing asks
+    for more), or None."""
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
@@ -119,8 +120,7 @@ def finished(run_dir: Path, step: int, cfg: Config) -> str | None:
         return None
     if s.get("interrupted", True) or s.get("steps") != step:
         return None
-    saved = load_saved(run_dir / "config.yaml").train
-    tr = cfg.train
+    saved, tr = saved.train, cfg.train
     if tr.max_steps <= step:
         return f"it finished at step {step} of train.max_steps={saved.max_steps}; raise train.max_steps to continue"
     if step < saved.max_steps and (tr.stop_at, tr.stop_metric) == (saved.stop_at, saved.stop_metric):
@@ -197,7 +197,7 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
             raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")
         step = load_checkpoint(ckpt, run_dir, saved)["global_step"]
         worker = os.environ.get("LOCAL_RANK", "0") != "0"  # (rank 0 decided, then rewrote config.yaml)
-        why = None if worker else finished(run_dir, step, cfg)
+        why = None if worker else finished(run_dir, step, cfg, saved)
         if why:
             raise NothingToDo(f"{run_dir}: nothing to do, nothing changed: {why}")
         return run_dir, ckpt, step
