@@ -41,11 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from lab.bits import Bits  # noqa: E402
+from lab.bits import PrequentialCode  # noqa: E402
+from lab.build import build  # noqa: E402
 from lab.config import Config, load  # noqa: E402
 from lab.loggers import read_metrics  # noqa: E402
-from lab.module import LabModule  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
 from lab.train import train  # noqa: E402
 
 LEVELS = (0.5, 0.9, 0.99)
@@ -121,7 +120,7 @@ class Clock(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         now = time.perf_counter()
         self.eval_seconds += now - self._v0
-        bits = next(c for c in trainer.callbacks if isinstance(c, Bits)).totals()
+        bits = next(c for c in trainer.callbacks if isinstance(c, PrequentialCode)).totals()
         self.marks.append({
             "step": trainer.global_step, "examples": pl_module.examples_seen, "seconds": now - self.t0,
             "exact": pl_module.last_eval.get("val/exact_match", 0.0), "epistemic": bits["bits/epistemic"],
@@ -150,7 +149,7 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
     row["rule"] = next((m for m in clock.marks if m["rule"] >= RULE), None)
     row["final_rule"] = clock.marks[-1]["rule"] if clock.marks else math.nan
     row["steps/s"] = (len(clock.step_times) - 1) / (wall - clock.eval_seconds) if len(clock.step_times) > 1 else 0
-    row["model"], row["batch"], row["T"] = res.module.model, task.batch_size(cfg.train.batch_size), task.block_size
+    row["model"], row["batch"], row["T"] = res.module.model, res.bits.batch_size, task.block_size
     return row
 
 
@@ -176,14 +175,12 @@ def raw_loop(cfg: Config, steps: int) -> tuple[torch.nn.Module, list[float]]:
     """The lab's training as a plain loop: the same model and initialisation, data stream and training
     step (`LabModule.step`: loss, Grokfast, clipping, AdamW groups, schedule, the per-token bits) and
     precision, without Lightning or callbacks. -> (model, the perf_counter at the end of each step)."""
-    L.seed_everything(cfg.seed, verbose=False)
-    task = make_task(cfg)
-    module = LabModule(cfg, task)  # builds the model, its optimizer and schedule exactly as the lab does
-    conf = module.configure_optimizers()
-    opt, sched, tr = conf["optimizer"], conf["lr_scheduler"]["scheduler"], cfg.train
+    b = build(cfg)  # the model, its optimizer and schedule exactly as the lab builds them
+    task, module, tr = b.task, b.module, cfg.train
+    opt, sched = b.optimizer()
     times = []
     for step in range(steps):
-        x = torch.from_numpy(task.train_batch(step, tr.batch_size).x)  # (B, T)
+        x = torch.from_numpy(task.train_batch(step, b.batch_size).x)  # (B, T)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.precision == "bf16"):
             module.step(x, opt, sched, step)
         times.append(time.perf_counter())
@@ -240,9 +237,8 @@ def main() -> None:
         lab, raw = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         print(f"\n| config | batch | lab steps/s | raw steps/s | lab / raw |\n|---|---|---|---|---|\n"
               f"| {label} | {cfg.train.batch_size} | {lab:.3f} | {raw:.3f} | {lab / raw:.3f} |")
-        task = make_task(cfg)
-        model = LabModule(cfg, task).model
-        print(flops_line(model, task.batch_size(cfg.train.batch_size), task.block_size, lab))
+        b = build(cfg)
+        print(flops_line(b.module.model, b.batch_size, b.task.block_size, lab))
         return
 
     lines, flops = [], []

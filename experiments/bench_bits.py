@@ -30,14 +30,13 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from lab.bits import Bits  # noqa: E402
+from lab.bits import PrequentialCode  # noqa: E402
+from lab.build import build  # noqa: E402
 from lab.config import load  # noqa: E402
 from lab.data import LabData  # noqa: E402
-from lab.module import LabModule  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
 
 
-class SwitchedBits(Bits):
+class SwitchedBits(PrequentialCode):
     """The bits callback, doing its per-step work only while `on`."""
 
     on = True
@@ -78,11 +77,10 @@ def measure(cfg, warm: int, window: int, pairs: int, null: bool = False) -> dict
     CPU time (with `null`, both windows on): {"wall": [...], "cpu": [...]}. Windows and warm-up are
     rounded up to whole multiples of `log.every`."""
     warm, window = whole_intervals(warm, cfg.log.every), whole_intervals(window, cfg.log.every)
-    L.seed_everything(cfg.seed, verbose=False)
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
-    data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
-    bits = SwitchedBits(task, cfg.log.every, batch_size=data.batch_size)
+    b = build(cfg)
+    task, module = b.task, b.module
+    data = LabData(task, b.batch_size, cfg.train.eval_batch_size)
+    bits = SwitchedBits(task, cfg.log.every, b.batch_size)
     alternate = Alternate(bits, warm, window, null)
     trainer = L.Trainer(
         max_steps=warm + 2 * pairs * window, logger=False, enable_checkpointing=False, enable_progress_bar=False,

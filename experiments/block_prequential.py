@@ -3,9 +3,9 @@
     python experiments/block_prequential.py configs/grokking.yaml [key=value ...] [--blocks 0.125 0.25 0.5]
         [--steps 2000] [--fixed RUN_DIR] [--arrivals RUN_DIR]
 
-The train split, in the seeded order of its first pass (`Finite._epoch_order(0)`), is cut at the given
+The train split, in the seeded order of its first pass (`TableTask._epoch_order(0)`), is cut at the given
 shares into blocks. The first block is sent with the uniform code (log2 K bits an answer); each later
-block with a model trained from scratch (the run's seed, model and optimizer: `lab.train.build`, the
+block with a model trained from scratch (the run's seed, model and optimizer: `lab.build.build`, the
 lab's one training step) on every block before it, for `--steps` steps of the run's batch schedule, then
 scored on the block in float64. The sum is the description length of the train split by the learning
 algorithm (Blier & Ollivier 2018, section 2.4), with every block coded before anything trained on it.
@@ -33,24 +33,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+from lab.build import build  # noqa: E402
 from lab.config import load  # noqa: E402
 from lab.module import LN2, token_nats  # noqa: E402
-from lab.train import build  # noqa: E402
 
 
 def block_bits(cfg, prefix: np.ndarray, block: np.ndarray, steps: int) -> float:
     """Bits of the rows `block` (table indices) under a fresh model trained `steps` steps on `prefix`."""
-    task, module = build(cfg)
+    b = build(cfg)
+    task, module = b.task, b.module
     task.train_idx = prefix  # the blocks before: this model's whole train split
-    opt_conf = module.configure_optimizers()
-    opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
-    batch = task.batch_size(cfg.train.batch_size)
+    opt, sched = b.optimizer()
+    batch = task.batch_size(cfg.train.batch_size)  # (of the prefix: 0 is its whole split)
     module.per_token_loss = False
     for step in range(steps):
         module.step(torch.from_numpy(task.train_batch(step, batch).x), opt, sched, step)
     module.model.eval()
     x = torch.from_numpy(task.table[block])  # (n, T)
-    sent = torch.from_numpy(np.flatnonzero(task.sent))
+    sent = torch.from_numpy(task.plan.sent)
     with torch.no_grad():
         nats = token_nats(module.model(x[:, :-1]), x[:, 1:], sent)  # (n, S) float64
     return float(nats.sum() / LN2)
@@ -67,15 +67,15 @@ def main() -> None:
     ap.add_argument("--arrivals", help="an arrival run of the same table (its code per arrived row)")
     args = ap.parse_args()
     cfg = load(args.config, [*args.overrides, "log.wandb=false", "log.progress_bar=false"])
-    task, _ = build(cfg)
-    if not task.finite or task.arrival != "none":
+    task = build(cfg).task
+    if not task.is_table or task.arrival != "none":
         sys.exit("block_prequential: needs a table task with its fixed split (task.arrival=none)")
     order = task._epoch_order(0)
     n = len(order)
     cuts = [0] + [round(b * n) for b in sorted(args.blocks)] + [n]
     if any(b <= a for a, b in zip(cuts, cuts[1:])):
         sys.exit(f"block_prequential: --blocks {args.blocks} make an empty block of the {n} train rows")
-    uniform_row = float(task.uniform_bits[task.sent].sum())
+    uniform_row = float(task.uniform_bits[task.plan.sent_mask].sum())
     print(f"{cfg.task.name} {getattr(cfg.task, 'op', '')} | {n} train rows | models trained {args.steps} steps "
           f"each | threads {torch.get_num_threads()}\n")
     print("| block (rows) | coded by | bits | bits per row | seconds |\n|---|---|---|---|---|")

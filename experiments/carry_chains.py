@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lab.build import load_trained  # noqa: E402
 from lab.config import load  # noqa: E402
-from lab.module import LabModule  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
 from lab.tasks.addition import longest_chain  # noqa: E402
 
 
@@ -38,11 +37,8 @@ def main() -> None:
     cfg = load(run / "config.yaml")
     if cfg.task.name != "addition":
         raise SystemExit(f"{run}: task.name is {cfg.task.name!r}; carry chains need the addition task")
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
-    ckpt = torch.load(run / "checkpoints" / args.checkpoint, map_location="cpu", weights_only=False)
-    module.load_state_dict(ckpt["state_dict"])
-    model = module.model.eval()
+    b, step = load_trained(run, args.checkpoint)
+    task, model = b.task, b.module.model
 
     rng = np.random.default_rng(args.seed)
     a, b = (rng.integers(task.lo, task.hi + 1, size=args.n, dtype=np.int64) for _ in range(2))
@@ -51,7 +47,7 @@ def main() -> None:
         answers = [model.score_and_generate(xb, task.answer_start)[1] for xb in x.split(1000)]
     ok = (torch.cat(answers) == x[:, task.answer_start:]).all(1).numpy()  # (N,)
     chain = longest_chain(a, b, task.n)
-    print(f"{run} ({args.checkpoint}, step {ckpt['global_step']}): exact match {ok.mean():.4f} on {args.n} sums")
+    print(f"{run} ({args.checkpoint}, step {step}): exact match {ok.mean():.4f} on {args.n} sums")
     print("| longest carry chain | sums | share | error rate |\n|---|---|---|---|")
     for k in range(chain.max() + 1):
         sel = chain == k

@@ -79,9 +79,9 @@ def main() -> None:
                     help="run the training run and the encoder side by side (give each train.threads=1): "
                          "the same conditions for both, in half the time")
     args = ap.parse_args()
+    from lab.build import build
     from lab.coder import read
     from lab.config import load
-    from lab.tasks import make_task
 
     found = {k: v for k, v in COMPRESSORS.items() if shutil.which(v[0])}
     missing = sorted(set(COMPRESSORS) - set(found))
@@ -91,10 +91,11 @@ def main() -> None:
         for name in args.tasks:
             config, overrides = TASKS[name]
             cfg = load(config, [*overrides, *args.set])
-            task = make_task(cfg)
+            built = build(cfg)
+            task, task_batch = built.task, built.batch_size
             for n in args.sizes:
                 # the largest batch <= the config's that divides N: every command sees exactly N examples
-                batch = max(d for d in range(1, task.batch_size(cfg.train.batch_size) + 1) if n % d == 0)
+                batch = max(d for d in range(1, task_batch + 1) if n % d == 0)
                 overrides = [*TASKS[name][1], *args.set, f"train.batch_size={batch}"]
                 text = tmp / f"{name}-{n}.txt"
                 lab("dump", config, *overrides, "--examples", str(n), "-o", str(text))

@@ -24,7 +24,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from lab.coder import compress, decompress, dump  # noqa: E402
 from lab.config import Config, load  # noqa: E402
-from lab.tasks import TASKS, make_task  # noqa: E402
+from lab.tasks import TASKS  # noqa: E402
 from lab.train import train  # noqa: E402
 
 QUIET = ["log.wandb=false", "log.progress_bar=false", "train.threads=1"]
@@ -102,9 +102,8 @@ def make_config(spec: list[str], run_dir: Path) -> Config:
 def check(cfg: Config, steps: int, work: Path) -> dict:
     """Train `steps` batches, code the same examples, decode them -> logged and coded figures."""
     cfg.train.max_steps, cfg.train.eval_every, cfg.train.stop_at = steps, steps, None
-    totals = train(cfg).bits.totals()
-    task = make_task(cfg)
-    batch = task.batch_size(cfg.train.batch_size)
+    result = train(cfg)
+    totals, task, batch = result.bits.totals(), result.module.task, result.bits.batch_size
     n = sum(len(task.schedule(step, batch)[0]) for step in range(steps))  # (an epoch may end in a short batch)
     stats = compress(cfg, n, work / "s.clab")
     decompress(work / "s.clab", work / "back.txt")

@@ -36,11 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from lab.config import load_saved  # noqa: E402
+from lab.build import load_trained  # noqa: E402
 from lab.loggers import read_metrics  # noqa: E402
-from lab.module import LabModule  # noqa: E402
 from lab.report import spearman  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
 from lab.twopart import data_bits, dequantize, encode_weights  # noqa: E402
 
 LADDER = [2.0 ** (-i / 2) for i in range(31)]  # absolute steps 1 .. 2^-15, sqrt 2 apart
@@ -68,12 +66,8 @@ def absolute_dl_model(model, task, tol: float = 0.05) -> tuple[float, float]:
 
 def load_model(run: Path, ckpt: Path):
     """(the model of checkpoint `ckpt` of `run`, in eval mode; its task; the checkpoint's step)."""
-    cfg = load_saved(run / "config.yaml")
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(saved["state_dict"])
-    return module.model.eval(), task, saved["global_step"]
+    b, step = load_trained(run, ckpt)
+    return b.module.model, b.task, step
 
 
 def run_row(run: Path) -> dict:

@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lab.config import load  # noqa: E402
+from lab.build import load_trained  # noqa: E402
 from lab.loggers import read_metrics  # noqa: E402
-from lab.module import LabModule  # noqa: E402
-from lab.tasks import make_task  # noqa: E402
 from lab.twopart import coarsest, data_bits, dequantize, encode_weights  # noqa: E402
 
 
@@ -33,13 +31,8 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=4096, help="stream examples the tolerance is checked on")
     args = ap.parse_args()
     run = Path(args.run)
-    cfg = load(run / "config.yaml")
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module.load_state_dict(ckpt["state_dict"])
-    model = module.model.eval()
-    B, steps = cfg.train.batch_size, ckpt["global_step"]
+    b, steps = load_trained(run)
+    task, model, B = b.task, b.module.model, b.batch_size
     probe = torch.from_numpy(task.train_batch(0, args.probe).x) if args.probe else None
     scale, ints, qsteps, _ = coarsest(model, task, probe, args.tol)
     model_bits = 32 * len(encode_weights(ints, qsteps))

@@ -13,7 +13,8 @@
     python -m lab train train.resume=runs/addition-20261122-101500      # continue a stopped run
     python -m lab train configs/addition.yaml train.resume=runs/...      # the same, config checked
 
-A bad configuration prints one line naming the key and exits with code 2, before anything is written.
+A bad configuration (or a run directory, checkpoint or output path that cannot be used) prints one line
+naming the key and exits with code 2, before anything is written.
 `python -m lab COMMAND --help` explains a command; for train, compress and dump it lists every config key
 with its type or choices, default and meaning.
 """
@@ -25,7 +26,8 @@ import signal
 import sys
 from pathlib import Path
 
-from lab.config import ConfigError, check_once, load
+from lab.config import check_once, load
+from lab.errors import ConfigError, LabError
 
 
 def _parser(prog: str, description: str, config_keys: bool = False) -> argparse.ArgumentParser:
@@ -60,10 +62,10 @@ def cmd_train(args: list[str]) -> int:
     result = train(cfg, name)
     s = result.summary
     if result.trainer.is_global_zero:
-        rule = s.get("val/chain_exact_min")
-        rule = "" if rule is None else f" (lowest over carry-chain lengths {rule:.4f}, the rule {s['val/rule']:.4f})"
+        own = [f"{label} {s[k]:.4f}" for k, label in result.module.task.headline.items() if k in s]
+        own = f" ({', '.join(own)})" if own else ""
         print(f"done: {s['steps']} steps, {s['examples_seen']} examples in {s['wall_seconds_this_session']} s"
-              f" | val exact {s.get('val/exact_match', float('nan')):.4f}{rule}"
+              f" | val exact {s.get('val/exact_match', float('nan')):.4f}{own}"
               f" | bits {s['bits/total'] / 1e6:.3f} Mbit = floor {s['bits/floor'] / 1e6:.3f}"
               f" + epistemic {s['bits/epistemic'] / 1e6:.3f} Mbit | {s['run_dir']}")
         marks = s.get("marks")
@@ -196,17 +198,18 @@ def cmd_tasks(args: list[str]) -> int:
     from lab.config import describe
     from lab.tasks import TASKS
 
-    ap = _parser("tasks", "The registered tasks: layout, options (with defaults) and floors at the defaults.")
+    ap = _parser("tasks", "The registered tasks: layout, options (with defaults), floors at the defaults and "
+                 "the metrics train.stop_metric may watch.")
     ap.parse_args(args)
     for name, cls in sorted(TASKS.items()):
-        cfg = cls.Config()
-        task = cls.from_config(cfg, seed=0)
-        kind = "table, revisited for epochs" if task.finite else "endless stream"
+        task = cls()
+        kind = "table, revisited for epochs" if task.is_table else "endless stream"
         print(f"{name}: {cls.summary()}")
-        example = task.decode(task.eval_sets()["val"][0])
+        example = task.show(task.eval_sets()["val"][0])
         print(f"  {kind}; {task.seq_len} tokens, {task.vocab_size}-token vocabulary; floor "
               f"{task.floor_bits_per_example:.2f} bits/example at the defaults; e.g. {example}")
-        for key, kind, doc in describe(type(cfg), "task."):
+        print(f"  stop metrics at the defaults: {', '.join(cls.metric_names(task.cfg))}")
+        for key, kind, doc in describe(cls.Config, "task."):
             print(f"  {key} ({kind}): {doc}")
         print()
     return 0
@@ -228,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[ns.command](ns.args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except LabError as e:  # a bad key or value, or a directory, checkpoint or path that cannot be used
+        print(f"{e.kind}: {e}", file=sys.stderr)
         return 2
     except NothingToDo as e:
         print(e)

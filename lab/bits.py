@@ -49,7 +49,7 @@ it was a held-out row and these are held-out measures read off the training stre
                                   interval in _lo/_hi
     bits/arrival_certified        the share certified (answer under 1 bit), with its Wilson interval
 
-For finite tasks, at each evaluation, the description length of the whole table:
+For table tasks, at each evaluation, the description length of the whole table:
 
     dl/table = first-pass bits of the train split (the rows not yet sent: coded by the current model)
              + bits of the held-out rows under the current model
@@ -88,25 +88,41 @@ def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     return 0.0 if k <= 0 else max(0.0, centre - half), 1.0 if k >= n else min(1.0, centre + half)
 
 
-class Bits(L.Callback):
-    def __init__(self, task, log_every: int, run_dir: Path | None = None, batch_size: int = 0):
+class Counters:
+    """The columns of the code's counters: one float64 row each for first-pass examples and revisits,
+    the sent positions' bits first, then one column per named count.
+
+        pos        (S,) bits per sent position (`Plan.sent`, in order)
+        text       bits of the examples' text (8 per character)
+        examples   examples
+        certified  examples whose answer cost under 1 bit
+        exact      examples whose every answer token was the argmax (greedy decoding's answer)
+        squares    the sum over examples of (bits of the example)^2 (the windows' intervals)
+    """
+
+    NAMES = ("text", "examples", "certified", "exact", "squares")
+
+    def __init__(self, n_sent: int):
+        self.pos = slice(0, n_sent)
+        self.text, self.examples, self.certified, self.exact, self.squares = range(n_sent, n_sent + len(self.NAMES))
+        self.width = n_sent + len(self.NAMES)
+
+
+class PrequentialCode(L.Callback):
+    """The code length of the training stream, accumulated from each step's per-token loss (see above)."""
+
+    def __init__(self, task, log_every: int, batch_size: int, run_dir: Path | None = None):
         self.task, self.every, self.run_dir = task, log_every, run_dir
-        self.batch_size = task.batch_size(batch_size)  # the global batch (which rows a step sends)
-        self.coded = np.flatnonzero(task.sent)  # (M,) the sent target positions
-        self.M = len(self.coded)
-        self.by_model = task.model_coded[self.coded]  # (M,) sent by the model (else by the task's law)
-        self.names = [task.target_names[t] for t in self.coded]
-        self.floor = task.floor_bits[self.coded]  # (M,)
+        self.batch_size = batch_size  # the global batch (`task.batch_size` resolved: which rows a step sends)
+        plan = self.plan = task.plan
+        self.by_model = plan.by_model  # (S,) sent by the model (else by the task's law)
+        self.names = [task.target_names[t] for t in plan.sent]
+        self.floor = task.floor_bits[plan.sent]  # (S,)
         self.floor_example = task.floor_bits_per_example
-        self.answer = task.answer_positions  # (A,) the targets greedy decoding produces
-        # counters: row 0 first-pass examples, row 1 revisits; columns: bits per sent position (M), then
-        M = self.M
-        self.TEXT, self.N, self.CERT, self.EXACT, self.SQ = M, M + 1, M + 2, M + 3, M + 4
-        # text bits, examples, examples whose answer costs < 1 bit (certified), examples whose answer is
-        # the argmax (greedy exact), and the sum over examples of (bits of the example)^2
-        self.acc = torch.zeros(2, M + 5, dtype=torch.float64)
-        self.last = self.acc.clone()  # counters at the previous log step (for windowed rates)
-        self.at_eval = self.acc.clone()  # counters at the previous evaluation (the arrivals' window)
+        self.col = Counters(len(plan.sent))
+        self.counts = torch.zeros(2, self.col.width, dtype=torch.float64)  # rows: first pass, revisits
+        self.last = self.counts.clone()  # counters at the previous log step (for windowed rates)
+        self.at_eval = self.counts.clone()  # counters at the previous evaluation (the arrivals' window)
         self.bad_step = torch.tensor(-1)  # the first step whose loss or bits were not finite
         self._logged_step = -1  # the step of the latest bits row
         self._val: dict[str, torch.Tensor] = {}
@@ -115,53 +131,52 @@ class Bits(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return "Bits"
+        return "Bits"  # (the key checkpoints have always held the counters under)
 
     # -- set-up and state -----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        device = pl_module.device
-        col = {t: k for k, t in enumerate(pl_module.bits_idx.tolist())}  # target position -> column of the step's nats
-        self.model_m = torch.from_numpy(np.flatnonzero(self.by_model)).to(device)  # (M',) sent by the model
-        self.model_col = torch.tensor([col[t] for t in self.coded[self.by_model]], device=device)  # (M',)
-        self.answer_col = torch.tensor([col[t] for t in self.answer], device=device)  # (A,)
+        device, plan = pl_module.device, self.plan
+        self.model_s = torch.from_numpy(np.flatnonzero(self.by_model)).to(device)  # (S_model,) of the S sent
+        self.model_cols = torch.from_numpy(plan.model_cols).to(device)  # (S_model,) in the step's nats
+        self.answer_cols = torch.from_numpy(plan.answer_cols).to(device)  # (A,)
         self.char_bits = torch.from_numpy(8.0 * self.task.char_len).double().to(device)  # (V,)
-        self.acc, self.last, self.at_eval, self.bad_step = (
-            t.to(device) for t in (self.acc, self.last, self.at_eval, self.bad_step))
+        self.counts, self.last, self.at_eval, self.bad_step = (
+            t.to(device) for t in (self.counts, self.last, self.at_eval, self.bad_step))
 
     def state_dict(self) -> dict:
-        return {"acc": self.acc.cpu(), "last": self.last.cpu(), "at_eval": self.at_eval.cpu()}
+        return {"acc": self.counts.cpu(), "last": self.last.cpu(), "at_eval": self.at_eval.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        device, width = self.acc.device, self.acc.shape[1]
+        device, width = self.counts.device, self.col.width
 
         def counters(t: torch.Tensor) -> torch.Tensor:  # a checkpoint from before the exact columns: zeros
             return torch.nn.functional.pad(t, (0, width - t.shape[1])).to(device)
 
-        self.acc, self.last = counters(state["acc"]), counters(state["last"])
+        self.counts, self.last = counters(state["acc"]), counters(state["last"])
         self.at_eval = counters(state.get("at_eval", state["acc"]))
 
     # -- training: one accumulation per step ----------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         x = batch["x"]  # (B, T)
-        nats = outputs["token_loss"]  # (B, K) the model before the step, at pl_module.bits_idx
-        bits = nats.index_select(1, self.model_col) / LN2  # (B, M') the positions the model sends
+        nats = outputs["token_loss"]  # (B, K) the model before the step, at plan.step_cols
+        bits = nats.index_select(1, self.model_cols) / LN2  # (B, S_model) the positions the model sends
         if not self.by_model.all():  # the others, the task's law sends
-            law = torch.from_numpy(self.task.law_bits(x.cpu().numpy())[:, self.coded]).to(bits.device)  # (B, M)
-            bits = law.index_copy(1, self.model_m, bits)  # (B, M)
-        feats = torch.cat([
+            law = torch.from_numpy(self.task.law_bits(x.cpu().numpy())[:, self.plan.sent]).to(bits.device)  # (B, S)
+            bits = law.index_copy(1, self.model_s, bits)  # (B, S)
+        feats = torch.cat([  # (B, width): the columns of `Counters`, in order
             bits,
             self.char_bits[x].sum(1, keepdim=True),  # the example's text, in bits
             torch.ones_like(bits[:, :1]),  # one example
-            (nats.index_select(1, self.answer_col).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
+            (nats.index_select(1, self.answer_cols).sum(1, keepdim=True) < LN2).double(),  # answer < 1 bit
             outputs["answer_right"].double()[:, None],  # greedy decoding's answer is right
             bits.sum(1, keepdim=True) ** 2,  # (bits of the example)^2
-        ], dim=1)  # (B, M+5)
+        ], dim=1)
         new = batch["new"].double()  # (B,)
-        delta = torch.stack([new, 1 - new]) @ feats  # (2, M+5): first pass, revisits
+        delta = torch.stack([new, 1 - new]) @ feats  # (2, width): first pass, revisits
         delta = delta + 0.0 * outputs["loss"]  # a non-finite loss makes the step's counters non-finite
         if trainer.world_size > 1:
             delta = trainer.strategy.reduce(delta, reduce_op="sum")
-        self.acc += delta
+        self.counts += delta
         step = trainer.global_step
         self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(delta).all(), step, self.bad_step)
         if step % self.every == 0 or step >= trainer.max_steps:  # (and a row at the run's last step)
@@ -188,12 +203,12 @@ class Bits(L.Callback):
 
     def totals(self) -> dict[str, float]:
         """The cumulative metrics, as Python floats (one host transfer)."""
-        first, revisit = self.acc.cpu().numpy()
-        pos, n = first[: self.M], first[self.N]
+        first, revisit = self.counts.cpu().numpy()
+        pos, n = first[self.col.pos], first[self.col.examples]
         total, floor = float(pos.sum()), n * self.floor_example
         out = {
             "bits/total": total, "bits/model": float(pos[self.by_model].sum()), "bits/floor": floor,
-            "bits/epistemic": total - floor, "bits/revisit": float(revisit[: self.M].sum()),
+            "bits/epistemic": total - floor, "bits/revisit": float(revisit[self.col.pos].sum()),
             "bits/examples": float(n),
         }
         for name, bits, fl in zip(self.names, pos, self.floor):
@@ -204,45 +219,47 @@ class Bits(L.Callback):
     def _log(self, trainer, pl_module, bar: bool = True) -> None:
         """One bits row; `bar`: also the progress bar's values (only from a training hook)."""
         self._logged_step = trainer.global_step
-        w = (self.acc - self.last).cpu().numpy()  # the window since the last log step: (2, M+5)
-        self.last = self.acc.clone()
+        c = self.col
+        w = (self.counts - self.last).cpu().numpy()  # the window since the last log step: (2, width)
+        self.last = self.counts.clone()
         metrics = self.totals()
-        n, n_rev = w[0, self.N], w[1, self.N]
+        n, n_rev = w[0, c.examples], w[1, c.examples]
+        S = len(self.names)
         if n > 0:
-            total = float(w[0, : self.M].sum())
+            total = float(w[0, c.pos].sum())
             floor = n * self.floor_example
             metrics.update({
                 "bits/example": total / n,
-                "bits/token": total / (n * self.M),
+                "bits/token": total / (n * S),
                 "bits/floor_example": self.floor_example,
                 "bits/epistemic_example": (total - floor) / n,
-                "bits/ratio_raw": total / w[0, self.TEXT],
-                "bits/ratio_uniform": total / (n * self.M * math.log2(self.task.vocab_size)),
-                "bits/certified_exact": w[0, self.CERT] / n,
-                "bits/exact": w[0, self.EXACT] / n,
+                "bits/ratio_raw": total / w[0, c.text],
+                "bits/ratio_uniform": total / (n * S * math.log2(self.task.vocab_size)),
+                "bits/certified_exact": w[0, c.certified] / n,
+                "bits/exact": w[0, c.exact] / n,
             })
             if floor > 0:  # (undefined for a floor of 0: a rule without noise)
                 metrics["bits/ratio_floor"] = total / floor
-            if bar and not self.task.finite:  # (a finite task shows dl/table instead)
+            if bar and not self.task.is_table:  # (a table task shows dl/table instead)
                 bar = {"bits/ex": total / n, "floor": self.floor_example, "epi": (total - floor) / n}
                 for k, v in bar.items():
                     pl_module.log(k, v, prog_bar=True, logger=False)
         if n_rev > 0:
-            metrics["bits/revisit_example"] = float(w[1, : self.M].sum()) / n_rev
+            metrics["bits/revisit_example"] = float(w[1, c.pos].sum()) / n_rev
         metrics["examples_seen"] = float(pl_module.examples_seen)
         log_metrics(trainer, metrics)
 
-    # -- evaluation: description length of the whole table (finite tasks) -----------------------------
+    # -- evaluation: description length of the whole table (table tasks) ------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.check(pl_module)
         self._val = {}
-        if self.task.finite:  # the train rows not sent yet, in the order of the "train" evaluation set
+        if self.task.is_table:  # the train rows not sent yet, in the order of the "train" evaluation set
             sent = self.task.sent_ids(trainer.global_step, self.batch_size)
-            unsent = ~np.isin(self.task.eval_ids()["train"], sent)
+            unsent = ~np.isin(self.task.train_idx, sent)
             self._unsent = torch.from_numpy(unsent).to(pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not self.task.finite:
+        if not self.task.is_table:
             return
         name = pl_module.eval_names[dataloader_idx]
         if name not in ("val", "train"):
@@ -257,16 +274,16 @@ class Bits(L.Callback):
         if trainer.sanity_checking:
             return
         self._log_arrivals(trainer, pl_module)
-        if not self.task.finite:
+        if not self.task.is_table:
             return
         n_table = self.task.table_size()
-        first_pass = self.acc[0, : self.M].sum()
+        first_pass = self.counts[0, self.col.pos].sum()
         dl = float(first_pass + sum(self._val.values()))
         if not math.isfinite(dl):
             raise NonFiniteError(f"step {trainer.global_step}: dl/table is not finite; the run stops, "
                                  f"its last good checkpoint is kept")
         floor = n_table * self.floor_example
-        raw = n_table * float(self.task.uniform_bits[self.coded].sum())
+        raw = n_table * float(self.task.uniform_bits[self.plan.sent].sum())
         self.last_dl = {"dl/table": dl, "dl/table_epistemic": dl - floor, "dl/table_floor": floor,
                         "dl/table_raw": raw}
         pl_module.log("dl/table", dl, logger=False)
@@ -274,17 +291,18 @@ class Bits(L.Callback):
 
     def arrival_window(self) -> dict[str, float]:
         """The new examples since the previous evaluation (the bits/arrival... metrics); {} if none."""
-        w = (self.acc - self.at_eval)[0].cpu().numpy()  # (M+5,) the window's first-pass counters
-        n = float(w[self.N])
+        c = self.col
+        w = (self.counts - self.at_eval)[0].cpu().numpy()  # (width,) the window's first-pass counters
+        n = float(w[c.examples])
         if n <= 0:
             return {}
-        bits = float(w[: self.M].sum())
+        bits = float(w[c.pos].sum())
         mean = bits / n
-        var = max(0.0, (float(w[self.SQ]) - n * mean * mean) / (n - 1)) if n > 1 else math.inf
+        var = max(0.0, (float(w[c.squares]) - n * mean * mean) / (n - 1)) if n > 1 else math.inf
         half = 1.96 * math.sqrt(var / n)
         out = {"bits/arrivals": n, "bits/arrival_example": mean,
                "bits/arrival_example_lo": mean - half, "bits/arrival_example_hi": mean + half}
-        for key, col in (("exact", self.EXACT), ("certified", self.CERT)):
+        for key, col in (("exact", c.exact), ("certified", c.certified)):
             k = float(w[col])
             lo, hi = wilson(k, n)
             out.update({f"bits/arrival_{key}": k / n, f"bits/arrival_{key}_lo": lo, f"bits/arrival_{key}_hi": hi})
@@ -292,7 +310,7 @@ class Bits(L.Callback):
 
     def _log_arrivals(self, trainer, pl_module) -> None:
         metrics = self.arrival_window()
-        self.at_eval = self.acc.clone()
+        self.at_eval = self.counts.clone()
         if metrics:  # (the step's check at the evaluation's start has found the bits finite)
             log_metrics(trainer, {**metrics, "examples_seen": float(pl_module.examples_seen)})
 
@@ -303,8 +321,8 @@ class Bits(L.Callback):
             self._log(trainer, pl_module, bar=False)
         if self.run_dir is None or not trainer.is_global_zero:
             return
-        first, revisit = self.acc.cpu().numpy()
-        n = first[self.N]
+        first, revisit = self.counts.cpu().numpy()
+        n = first[self.col.examples]
         f = io.StringIO(newline="")
         w = csv.writer(f)
         w.writerow(["position", "sent_by", "floor_bits", "total_bits", "excess_bits", "bits_per_example",

@@ -154,8 +154,7 @@ class Report(L.Callback):
         if "train/exact_match" in m:
             parts.append(f"train acc {m['train/exact_match']:.3f}")
         parts.append(f"val exact {m.get('val/exact_match', float('nan')):.3f}")
-        if "val/rule" in m:
-            parts.append(f"rule {m['val/rule']:.3f}")
+        parts += [f"{label} {m[k]:.3f}" for k, label in pl_module.task.headline.items() if k in m]
         if "bits/ex" in m:
             parts.append(f"bits/ex {m['bits/ex']:.2f} (floor {m['floor']:.2f}, epistemic {m['epi']:.2f})")
         if "dl/table" in m:
@@ -186,9 +185,9 @@ class ProgressBar(TQDMProgressBar):
     def describe(self, trainer, pl_module) -> str:
         step = trainer.global_step
         parts = [f"step {step}/<={self.max_steps}"]
-        if self.task.finite and self.task.arrival != "none":
+        if self.task.is_table and self.task.arrival != "none":
             parts.append(f"{self.task.n_arrived(step, self.batch_size)}/{len(self.task.train_idx)} rows arrived")
-        elif self.task.finite:
+        elif self.task.is_table:
             parts.append(f"epoch {step / self.task.steps_per_epoch(self.batch_size):.1f}")
         else:
             parts.append(f"{fmt_count(pl_module.examples_seen)} examples")

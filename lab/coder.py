@@ -3,14 +3,14 @@
 The stream is the one `lab.bits` defines. Sender, for each batch of the stream: code every sent token of
 each new example (the model's distribution where the model is trained on the position, else the task's
 exact law; known tokens are not sent), then take the training step `lab train` takes
-(`LabModule.step`, the same function). Receiver: rebuild the same initial model from the config and
-seed, fill in the known tokens of each scheduled example (`Task.layout`), decode the others position
+(`LabModule.step`, the same function, in `Codec`). Receiver: rebuild the same initial model from the config and
+seed, fill in the known tokens of each scheduled example (`Task.known_tokens`), decode the others position
 by position (each position's distribution needs the decoded prefix), and take the same step. Revisited
-examples (finite tasks, later epochs) are not coded: the receiver has them. Dropout masks are a pure
+examples (table tasks, later epochs) are not coded: the receiver has them. Dropout masks are a pure
 function of (seed, step), so the receiver's steps draw the sender's.
 
 Determinism: the receiver knows only a prefix, so it computes the distributions one position at a time
-(`Coding`), with `lab.model.RowCache`: each position's row goes through the whole-sequence forward's
+(`Coding`), with `lab.rowcache.RowCache`: each position's row goes through the whole-sequence forward's
 shapes, so it equals, bit for bit, the row of the training forward's logits. The sender therefore codes
 with the logits its training step computes anyway (`LabModule.step`): encoding costs little more than
 training. That equality is a property of the machine's kernels (rows of a product must not depend on
@@ -37,14 +37,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import constriction
-import lightning as L
 import numpy as np
 import torch
 
-from lab.config import Config, ConfigError, from_dict, to_dict
-from lab.model import RowCache
-from lab.module import LabModule
-from lab.tasks import make_task
+from lab.build import build
+from lab.config import Config, from_dict, to_dict
+from lab.errors import ConfigError
+from lab.rowcache import RowCache
 
 FORMAT = 3  # 2: the stream of lab.bits (known tokens free, law-coded positions); 3: rows as the whole forward
 MIN_ROWS = 64  # the receiver's row pass multiplies at least this many rows (small counts take other kernels)
@@ -97,18 +96,16 @@ class Coding:
         return distributions(logits)
 
 
-class Replay:
-    """The training both sides run: the same initial weights, and one identical step per batch."""
+class Codec:
+    """What both sides run: the same initial weights, one identical training step per batch (`step`),
+    and the coding of each batch's sent tokens, position by position (`code`)."""
 
     def __init__(self, cfg: Config):
         if cfg.train.devices != 1 or cfg.train.precision != "32":
             raise ConfigError("train.devices: compression runs one process in fp32")
-        L.seed_everything(cfg.seed, verbose=False)  # the same initial weights as `lab train`
-        self.cfg, self.task = cfg, make_task(cfg)
-        self.module = LabModule(self.cfg, self.task)  # (its step returns the logits the sender codes with)
-        conf = self.module.configure_optimizers()
-        self.opt, self.sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-        self.batch_size = self.task.batch_size(cfg.train.batch_size)
+        b = build(cfg)  # the same initial weights as `lab train`
+        self.cfg, self.task, self.module, self.batch_size = cfg, b.task, b.module, b.batch_size
+        self.opt, self.sched = b.optimizer()
         self.param_checksum_at_start = self.param_checksum()
 
     def param_checksum(self) -> str:
@@ -133,20 +130,19 @@ class Replay:
         encodes x[rows, t+1], or decodes it into x. The model's distributions are `q` (B, T-1, V) when the
         sender has them from its training forward, else computed position by position (`Coding`, every
         row feeding the cache). -> (checksum of the distributions, sum of -log2 p of the coded tokens)."""
-        task, h, bits = self.task, hashlib.sha256(), 0.0
+        task, plan, h, bits = self.task, self.task.plan, hashlib.sha256(), 0.0
         coding = self.coding() if q is None else None
-        last = np.flatnonzero(task.sent)[-1]
-        for t in range(last + 1):
+        for t in range(plan.sent[-1] + 1):
             qt = coding.next(x[:, t]) if coding is not None else q[:, t]  # (B, V): the model's law of x[:, t+1]
-            if not task.sent[t]:
+            if not plan.sent_mask[t]:
                 continue
-            p = np.ascontiguousarray(qt[rows] if task.model_coded[t] else task.law_probs(x[rows], t))  # (n, V)
+            p = np.ascontiguousarray(qt[rows] if plan.model_mask[t] else task.law_probs(x[rows], t))  # (n, V)
             code_one(t, p)
             h.update(p.tobytes())
             bits -= float(np.log2(p[np.arange(len(rows)), x[rows, t + 1]]).sum())
         return _checksum(h), bits
 
-    def plan(self, n_examples: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def batches(self, n_examples: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(step, ids, new) of the batches holding the first n_examples of the stream."""
         out, done = [], 0
         while done < n_examples:
@@ -155,6 +151,11 @@ class Replay:
             out.append((len(out), ids[:take], new[:take]))
             done += take
         return out
+
+
+def rows_agree(receiver: np.ndarray, q: np.ndarray) -> bool:
+    """The training forward's distributions (B, T-1, V) equal the receiver's, bit for bit."""
+    return bool(np.array_equal(receiver, q))
 
 
 def _checksum(h) -> str:
@@ -182,36 +183,36 @@ def compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
 
 def _compress(cfg: Config, n_examples: int, out: str | Path) -> Stats:
     t0 = time.time()
-    replay = Replay(cfg)
-    task = replay.task
+    codec = Codec(cfg)
+    task = codec.task
     encoder = constriction.stream.queue.RangeEncoder()
     checksums, coded, ideal_bits = [], 0, 0.0
-    plan = replay.plan(n_examples)
+    batches = codec.batches(n_examples)
     rows_equal: dict[int, bool] = {}  # batch size -> the training forward's rows equal the receiver's
-    for step, ids, new in plan:
-        x = task.train_batch(step, replay.batch_size).x[: len(ids)]  # (B, T) the data to send
+    for step, ids, new in batches:
+        x = task.train_batch(step, codec.batch_size).x[: len(ids)]  # (B, T) the data to send
         rows = np.flatnonzero(new)
-        last = step == len(plan) - 1  # (no step after the last batch: nothing is coded after it)
+        last = step == len(batches) - 1  # (no step after the last batch: nothing is coded after it)
         receiver = None
         if len(rows) and (last or not rows_equal.get(len(x), False)):  # the receiver's computation
-            coding = replay.coding()
+            coding = codec.coding()
             receiver = np.stack([coding.next(x[:, t]) for t in range(task.block_size)], axis=1)  # (B, T-1, V)
-        q = None if last else replay.step(x, step)  # the training step's own distributions
+        q = None if last else codec.step(x, step)  # the training step's own distributions
         if receiver is not None and q is not None and len(x) not in rows_equal:
-            rows_equal[len(x)] = np.array_equal(receiver, q)
+            rows_equal[len(x)] = rows_agree(receiver, q)
         checksum = ""
         if len(rows):
             def encode(t, p, x=x, rows=rows):
                 encoder.encode(x[rows, t + 1].astype(np.int32), CATEGORICAL, p)
 
-            checksum, bits = replay.code(x, rows, encode, q if receiver is None else receiver)
+            checksum, bits = codec.code(x, rows, encode, q if receiver is None else receiver)
             ideal_bits += bits
-            coded += len(rows) * int(task.sent.sum())
+            coded += len(rows) * len(task.plan.sent)
         checksums.append(checksum)
     code = encoder.get_compressed()  # uint32 words
     header = {
         "format": FORMAT, "config": to_dict(cfg), "libraries": library_versions(),
-        "threads": torch.get_num_threads(), "examples": n_examples, "params": replay.param_checksum_at_start,
+        "threads": torch.get_num_threads(), "examples": n_examples, "params": codec.param_checksum_at_start,
         "batches": checksums, "coded_tokens": coded, "ideal_bits": ideal_bits,
         "rows_equal": {str(k): v for k, v in rows_equal.items()},  # where the sender could code with its forward
     }
@@ -254,18 +255,18 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
         if mine.get(lib) != v:
             raise CodecError(f"{path}: written with {lib} {v}, this is {lib} {mine.get(lib)}: decoding would diverge")
     cfg = from_dict(header["config"])
-    replay = Replay(cfg)
-    if replay.param_checksum_at_start != header["params"]:
+    codec = Codec(cfg)
+    if codec.param_checksum_at_start != header["params"]:
         raise CodecError(f"{path}: the initial weights differ from the sender's (config or code changed)")
-    task = replay.task
+    task = codec.task
     decoder = constriction.stream.queue.RangeDecoder(code)
     n = header["examples"]
     store: dict[int, np.ndarray] = {}
     lines = []
     coded = 0
-    plan = replay.plan(n)
-    for step, ids, new in plan:
-        x = task.layout(ids)  # (B, T) what the receiver knows of these examples before decoding
+    batches = codec.batches(n)
+    for step, ids, new in batches:
+        x = task.known_tokens(ids)  # (B, T) what the receiver knows of these examples before decoding
         rows = np.flatnonzero(new)
         for i in np.flatnonzero(~new):
             x[i] = store[int(ids[i])]
@@ -274,16 +275,16 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
             def decode(t, p, x=x, rows=rows):
                 x[rows, t + 1] = decoder.decode(CATEGORICAL, p)
 
-            checksum, _ = replay.code(x, rows, decode)
-            coded += len(rows) * int(task.sent.sum())
+            checksum, _ = codec.code(x, rows, decode)
+            coded += len(rows) * len(task.plan.sent)
         if checksum != header["batches"][step]:
             raise CodecError(f"{path}: decoding diverged from the sender at batch {step} "
                              f"(different machine arithmetic, threads or code); nothing was written")
         for i in rows:
             store[int(ids[i])] = x[i].copy()
         lines += [task.to_text(row) for row in x]
-        if step < len(plan) - 1:
-            replay.step(x, step)
+        if step < len(batches) - 1:
+            codec.step(x, step)
     tmp = Path(str(out) + ".tmp")
     tmp.write_text("".join(lines))
     tmp.replace(out)
@@ -292,8 +293,8 @@ def _decompress(path: str | Path, out: str | Path, header: dict, code: np.ndarra
 
 def dump(cfg: Config, n_examples: int, out: str | Path) -> None:
     """The first n_examples of the training stream as text, one example per line."""
-    task = make_task(cfg)
-    batch = task.batch_size(cfg.train.batch_size)
+    b = build(cfg)
+    task, batch = b.task, b.batch_size
     lines, step = [], 0
     while len(lines) < n_examples:
         x = task.train_batch(step, batch).x

@@ -4,8 +4,9 @@
 
 Every field has a type and a docstring (the string under it), which `python -m lab train --help` prints
 with its default and choices. The `task` section is the chosen task's own dataclass (a subclass of
-`TaskConfig` that the task's module registers, `lab.tasks.base.register`): an option of another task is
-an unknown key. An unknown key, a value of the wrong type or an impossible value raises `ConfigError`,
+`lab.tasks.TaskConfig` that the task's module registers): an option of another task is an unknown key.
+This module assembles: it imports the task registry and the model presets (`PRESETS`), and nothing
+below it imports it back. An unknown key, a value of the wrong type or an impossible value raises `ConfigError`,
 whose message names the key; the CLI prints it on one line and exits with code 2 before anything is
 written. Overrides may also be sections, as `wandb agent` passes nested sweep parameters:
 `model={'preset': 'gpt-nano'}` sets model.preset and leaves the rest of the section alone.
@@ -26,37 +27,23 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lab.errors import ConfigError, check
+from lab.tasks import TASKS, TaskConfig
 
-class ConfigError(ValueError):
-    """A bad configuration; the message starts with the offending key."""
-
-
-def check(ok: bool, key: str, msg: str) -> None:
-    """Raise `ConfigError("key: msg")` unless `ok`."""
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-@dataclass
-class TaskConfig:
-    """What every task's options share; each task subclasses it with its own (`lab.tasks`)."""
-
-    name: str = "addition"
-    """Which registered task (`python -m lab tasks` lists them)."""
-    loss_on: Literal["auto", "all", "answer"] = "auto"
-    """Targets trained on: all, answer, or auto (the task's default: addition all, tables answer)."""
-    label_noise: float = 0.0
-    """The answer replaced by a uniformly drawn wrong one with this probability, fixed per example."""
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the key of an impossible value (a task extends this)."""
-        check(0 <= self.label_noise < 1, "task.label_noise", f"{self.label_noise} is not in [0, 1)")
+# name -> (n_layer, n_head, n_embd); gpt-mini is the reference implementation's model
+PRESETS = {
+    "gpt-mini": (6, 6, 192),
+    "gpt-micro": (4, 4, 128),
+    "gpt-nano": (3, 3, 48),
+    "grok": (2, 4, 128),  # Power et al. 2022
+    "grok-1l": (1, 4, 128),  # Nanda et al. 2023 (with LayerNorm, unlike theirs)
+}
 
 
 @dataclass
 class ModelConfig:
     preset: str = "gpt-micro"
-    """Model sizes by name (lab.model.PRESETS); n_layer, n_head and n_embd below override it."""
+    """Model sizes by name (lab.config.PRESETS); n_layer, n_head and n_embd below override it."""
     n_layer: int | None = None
     """Transformer blocks (None: the preset's)."""
     n_head: int | None = None
@@ -76,6 +63,12 @@ class ModelConfig:
     def positions(self) -> list[str]:
         """"absolute+rotary" -> ["absolute", "rotary"]."""
         return self.position.split("+")
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """(n_layer, n_head, n_embd): the preset's, with the fields that are set."""
+        n_layer, n_head, n_embd = PRESETS[self.preset]
+        return self.n_layer or n_layer, self.n_head or n_head, self.n_embd or n_embd
 
 
 @dataclass
@@ -110,11 +103,10 @@ class TrainConfig:
     """Rows per evaluation batch."""
     stop_at: float | None = 0.99
     """Stop when stop_metric reaches this (None: run to max_steps)."""
-    stop_metric: Literal["val/exact_match", "val/clean_exact_match", "train/exact_match",
-                         "val/chain_exact_min", "val/rule"] = "val/exact_match"
-    """What stop_at watches: held-out exact match, its clean labels (label noise), the train split's, the
-    lowest exact match over carry-chain lengths, or (addition) the rule: the lower of held-out exact match
-    and every carry-chain length's."""
+    stop_metric: str = "val/exact_match"
+    """What stop_at watches: one of the chosen task's evaluation shares (`python -m lab tasks` lists
+    them): held-out exact match, its clean labels (label noise), the train split's (tables), or a task's
+    own (addition: val/rule, the lower of held-out exact match and every carry-chain length's)."""
     precision: str = "32"
     """32 (float32) or bf16 (bf16-mixed)."""
     threads: int = 0
@@ -208,8 +200,6 @@ def _python_dict(text: str) -> dict | None:
 
 def load(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
     """Defaults <- `base` (a dict, e.g. a saved config) <- YAML file <- overrides; type-checked, validated."""
-    from lab.tasks import TASKS
-
     try:
         layers = _sources(path, overrides, base)
         name = OmegaConf.select(OmegaConf.merge(*layers) if layers else OmegaConf.create(), "task.name",
@@ -249,8 +239,6 @@ def load_saved(path: str | Path, overrides: list[str] = ()) -> Config:
     """A run's saved config.yaml (to resume it), with overrides. A config saved before each task had its
     own options lists every task's keys: those another task owns, at their old defaults, are dropped,
     and the old `op: ''` means the task's default operation."""
-    from lab.tasks import TASKS
-
     d = OmegaConf.to_container(OmegaConf.load(path))
     task = d.get("task", {})
     cls = TASKS.get(task.get("name", TaskConfig.name))
@@ -272,11 +260,19 @@ def to_dict(cfg: Config) -> dict:
     return asdict(cfg)
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested sections -> {dotted key: value}: {"train": {"lr": 0.001}} -> {"train.lr": 0.001}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def validate(cfg: Config) -> None:
     """Impossible values, each reported with its key."""
-    from lab.model import PRESETS
-    from lab.tasks import TASKS
-
     t, m, tr, lg = cfg.task, cfg.model, cfg.train, cfg.log
     task = TASKS[t.name]
     for section in ("task", "model", "train", "log"):  # inf and nan are never a setting
@@ -293,8 +289,7 @@ def validate(cfg: Config) -> None:
     for key in ("n_layer", "n_head", "n_embd"):
         v = getattr(m, key)
         check(v is None or v >= 1, f"model.{key}", f"{v} is not >= 1")
-    n_layer, n_head, n_embd = PRESETS[m.preset]
-    n_head, n_embd = m.n_head or n_head, m.n_embd or n_embd
+    _, n_head, n_embd = m.sizes
     check(n_embd % n_head == 0, "model.n_embd", f"{n_embd} is not divisible by model.n_head={n_head}")
     check(0 <= m.dropout < 1, "model.dropout", f"{m.dropout} is not in [0, 1)")
     parts = m.positions
@@ -306,7 +301,7 @@ def validate(cfg: Config) -> None:
           f"rotary needs an even head size; n_embd / n_head = {n_embd // n_head}")
 
     check(tr.batch_size >= 0, "train.batch_size", f"{tr.batch_size} is negative")
-    check(tr.batch_size > 0 or task.finite, "train.batch_size", "0 (whole train split) needs a table task")
+    check(tr.batch_size > 0 or task.is_table, "train.batch_size", "0 (whole train split) needs a table task")
     check(tr.lr >= 0, "train.lr", f"{tr.lr} is negative")
     check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas",
           f"{tr.betas} is not two numbers in [0, 1)")
@@ -322,6 +317,9 @@ def validate(cfg: Config) -> None:
     check(tr.grokfast_lambda >= 0, "train.grokfast_lambda", f"{tr.grokfast_lambda} is negative")
     check(0 <= tr.grokfast_alpha < 1, "train.grokfast_alpha", f"{tr.grokfast_alpha} is not in [0, 1)")
     check(tr.stop_at is None or 0 < tr.stop_at <= 1, "train.stop_at", f"{tr.stop_at} is not in (0, 1]")
+    metrics = task.metric_names(t)
+    check(tr.stop_metric in metrics, "train.stop_metric",
+          f"{tr.stop_metric!r} is not a metric of task {t.name!r} with these options; choose from {metrics}")
     check(tr.precision in ("32", "bf16"), "train.precision", f"{tr.precision!r} is not '32' or 'bf16'")
     check(tr.batch_size == 0 or tr.batch_size >= tr.devices, "train.batch_size",
           f"{tr.batch_size} is smaller than train.devices={tr.devices}")
@@ -391,8 +389,6 @@ def _type_name(hint) -> str:
 
 def help_text() -> str:
     """Every config key with its type or choices, default and docstring; the task options per task."""
-    from lab.tasks import TASKS
-
     def block(rows: list[tuple[str, str, str]]) -> list[str]:
         width = max(len(k) for k, _, _ in rows)
         out = []

@@ -14,7 +14,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lab.tasks import Task
+from lab.tasks import Batch, Task
+
+
+def to_torch(batch: Batch) -> dict[str, torch.Tensor]:
+    """A batch's arrays as tensors (sharing their memory): x (B, T), ids (B,), new (B,)."""
+    return {"x": torch.from_numpy(batch.x), "ids": torch.from_numpy(batch.ids), "new": torch.from_numpy(batch.new)}
 
 
 class TrainStream(IterableDataset):
@@ -26,7 +31,7 @@ class TrainStream(IterableDataset):
         step = self.start_step
         while True:
             batch = self.task.train_batch(step, self.batch_size)
-            out = batch.slice(self.rank, self.world).to_torch()
+            out = to_torch(batch.slice(self.rank, self.world))
             out["n_global"] = len(batch.ids)  # examples in the whole (all-rank) batch; a plain int
             yield out
             step += 1
@@ -34,9 +39,10 @@ class TrainStream(IterableDataset):
 
 class LabData(L.LightningDataModule):
     def __init__(self, task: Task, batch_size: int, eval_batch_size: int):
+        """batch_size: the global batch, resolved (`lab.build.Built.batch_size`)."""
         super().__init__()
         self.task = task
-        self.batch_size = task.batch_size(batch_size)
+        self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
 
     def train_dataloader(self) -> DataLoader:

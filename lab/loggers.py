@@ -24,7 +24,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lab.config import ConfigError
+from lab.errors import ConfigError, RunError
 
 
 def log_metrics(trainer, metrics: dict) -> None:
@@ -76,34 +76,34 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def check_writable_dir(path: str | Path, key: str) -> None:
-    """Raise ConfigError naming `key` unless `path` is a directory this process can write in, or can be
+    """Raise RunError naming `key` unless `path` is a directory this process can write in, or can be
     created as one. Checks only: writes nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}: {path} is a file, not a directory")
+        raise RunError(f"{key}: {path} is a file, not a directory")
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigError(f"{key}: {path} cannot be created: {ancestor} is a file")
+        raise RunError(f"{key}: {path} cannot be created: {ancestor} is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: {ancestor} is not writable (read-only file system or no permission)")
+        raise RunError(f"{key}: {ancestor} is not writable (read-only file system or no permission)")
 
 
 def check_output(out: str | Path, key: str, inputs: tuple = ()) -> None:
-    """Raise ConfigError naming `key` unless `out` can be written as a file before any work is done: its
+    """Raise RunError naming `key` unless `out` can be written as a file before any work is done: its
     directory exists and is writable, it is not a directory, and it is none of the `inputs`."""
     out = Path(out)
     if out.is_dir():
-        raise ConfigError(f"{key}: {out} is a directory; give a file name")
+        raise RunError(f"{key}: {out} is a directory; give a file name")
     if not out.parent.is_dir():
-        raise ConfigError(f"{key}: the directory {out.parent} does not exist")
+        raise RunError(f"{key}: the directory {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: {out.parent} is not writable (read-only file system or no permission)")
+        raise RunError(f"{key}: {out.parent} is not writable (read-only file system or no permission)")
     for src in inputs:
         same = out.exists() and Path(src).exists() and os.path.samefile(out, src)
         if same or out.resolve() == Path(src).resolve():
-            raise ConfigError(f"{key}: {out} is the input file; writing it would destroy the input")
+            raise RunError(f"{key}: {out} is the input file; writing it would destroy the input")
 
 
 class JsonlLogger(Logger):

@@ -1,6 +1,6 @@
 """A minGPT-style decoder-only transformer: a plain nn.Module, no Lightning inside.
 
-    model = GPT(GPTConfig.from_preset("gpt-mini", vocab_size=14, block_size=28))
+    model = GPT(GPTConfig(vocab_size=14, block_size=28, n_layer=6, n_head=6, n_embd=192))
     logits = model(idx)            # idx (B, T) int64 -> logits (B, T, V)
 
 Pre-LayerNorm blocks, causal self-attention, a 4x GELU MLP, minGPT's initialisation (normal(0, 0.02),
@@ -25,16 +25,6 @@ import torch.nn.functional as F
 
 ROTARY_BASE = 100.0  # significance ids span 0..n+1: a small base puts more frequencies to use
 
-# name -> (n_layer, n_head, n_embd); gpt-mini is the reference implementation's model
-PRESETS = {
-    "gpt-mini": (6, 6, 192),
-    "gpt-micro": (4, 4, 128),
-    "gpt-nano": (3, 3, 48),
-    "grok": (2, 4, 128),  # Power et al. 2022
-    "grok-1l": (1, 4, 128),  # Nanda et al. 2023 (with LayerNorm, unlike theirs)
-}
-
-
 @dataclass
 class GPTConfig:
     vocab_size: int
@@ -49,72 +39,44 @@ class GPTConfig:
     coupled: bool = True  # with coupled_ids: a learned embedding per id, added to the input
     rotary: bool = False  # with coupled_ids: rotary embeddings of the ids on queries and keys (relative)
 
-    @classmethod
-    def from_preset(cls, preset: str, **kw) -> GPTConfig:
-        n_layer, n_head, n_embd = PRESETS[preset]
-        sizes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
-        sizes.update({k: v for k, v in kw.items() if v is not None})
-        return cls(**sizes)
-
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd: {self.n_embd} is not divisible by model.n_head={self.n_head}")
 
 
-_QUERY_ROWS: dict[tuple, int] = {}  # (attention shapes, threads, device) -> query rows that reproduce the whole
+class KVCache:
+    """Keys and values of earlier positions, for incremental decoding (greedy generation): feed the whole
+    prompt once, then one token at a time; each new query attends to every cached key. A (1, d) x (d, t)
+    product may round differently from the whole forward's row; `lab.rowcache.RowCache` is the cache
+    that gives the whole forward's rows bit for bit (the coder's)."""
 
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values (B, h, t, d)
 
-def query_rows(attn: CausalSelfAttention, B: int, h: int, T: int, d: int, device) -> int:
-    """The fewest query rows (4, 8, 16, ... up to T) whose attention products reproduce, row for row and
-    bit for bit, the whole forward's T-row products on this machine. A product of few rows may take
-    other kernels and round differently (one row always does; 4 do for head sizes of 8 or more here, a
-    head size of 6 needs all T); found once per shape on random data, the same way on both sides."""
-    key = (B, h, T, d, torch.get_num_threads(), str(device))
-    if key not in _QUERY_ROWS:
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(B, h, T, d, generator=g).to(device) for _ in range(3))
-        whole = attn._attend(q, k, v, True)  # (B, h, T, d)
-        rows = 4
-        while rows < T:
-            firsts = {max(0, min(pos, T - rows)) for pos in range(T)}
-            if all(torch.equal(attn._attend(q[:, :, f : f + rows].contiguous(), k, v, True, f),
-                               whole[:, :, f : f + rows]) for f in firsts):
-                break
-            rows *= 2
-        _QUERY_ROWS[key] = min(rows, T)
-    return _QUERY_ROWS[key]
-
-
-class RowCache:
-    """Decoding one position at a time, *bit for bit* as the whole-sequence forward.
-
-    The plain cache (a list, `score_and_generate`) multiplies one query row by the past keys: fast, but
-    a (1, d) x (d, t) product may round differently from the row of the (T, d) x (d, T) product the
-    whole-sequence forward takes. This cache keeps each layer's queries, keys and values in (B, h, T, d)
-    buffers laid out as the whole forward's (contiguous; zeros ahead of the position) and multiplies
-    a few query rows around `pos` (`query_rows`) by all T keys, masked as the whole forward masks them, then keeps
-    row `pos`: the products, masks and softmaxes take the whole forward's kernels, so the row is the same
-    row. The linear layers, LayerNorms and rotations act row by row (or element by element), and on CPU
-    a row of a product does not depend on how many rows are multiplied at once (from a few on: the coder
-    pads small batches). So a receiver who knows only a prefix computes exactly the distributions of the
-    sender's training forward (`lab.coder`, which checks this on the machine; the receiver also checks
-    every batch's distributions against the sender's checksums)."""
-
-    def __init__(self, T: int):
-        self.T, self.pos, self.layers = T, 0, []  # layers: (Q, K, V) each (B, h, T, d)
+    def past(self, t: int) -> int:
+        """Positions already cached, before feeding t more (the whole sequence first, then one at a time)."""
+        past = self.layers[0][0].shape[2] if self.layers else 0
+        if past and t != 1:
+            raise ValueError("with a cache, feed the whole sequence or one token at a time")
+        return past
 
     def attend(self, attn: CausalSelfAttention, layer: int, q: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> torch.Tensor:
-        """q, k, v (B, h, 1, d) of the new position -> its attention output (B, h, 1, d)."""
-        if len(self.layers) <= layer:
-            self.layers.append(tuple(q.new_zeros(*q.shape[:2], self.T, q.shape[3]) for _ in range(3)))
-        Q, K, V = self.layers[layer]
-        pos = self.pos
-        Q[:, :, pos], K[:, :, pos], V[:, :, pos] = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-        rows = query_rows(attn, *Q.shape, Q.device)
-        first = max(0, min(pos, self.T - rows))
-        y = attn._attend(Q[:, :, first : first + rows].contiguous(), K, V, True, first)  # (B, h, rows, d)
-        return y[:, :, pos - first : pos - first + 1]
+        """q, k, v (B, h, t, d) of the new positions -> their attention output (B, h, t, d)."""
+        if len(self.layers) > layer:
+            k = torch.cat([self.layers[layer][0], k], dim=2)  # (B, h, past + t, d)
+            v = torch.cat([self.layers[layer][1], v], dim=2)
+            self.layers[layer] = (k, v)
+        else:
+            self.layers.append((k, v))
+        return attn._attend(q, k, v, causal=k.shape[2] == q.shape[2])  # one token after a past sees all
+
+    def advance(self, t: int) -> None:
+        pass  # (the cached keys say how far it is)
+
+    def keep(self, n: int) -> None:
+        """Forget every position from n on."""
+        self.layers = [(k[:, :, :n], v[:, :, :n]) for k, v in self.layers]
 
 
 class CausalSelfAttention(nn.Module):
@@ -156,31 +118,17 @@ class CausalSelfAttention(nn.Module):
         att = F.dropout(att.softmax(-1), p, self.training)
         return att @ v  # (B, h, t, d)
 
-    def forward(self, x: torch.Tensor, cache: list | RowCache | None = None, layer: int = 0,
-                rope=None) -> torch.Tensor:
-        """x (B, t, C) -> (B, t, C). With `cache`, keys and values of earlier positions are read from and
-        appended to cache[layer]; then t must be the whole sequence (no past) or a single new token.
-        `rope` (cos, sin), each (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None) -> torch.Tensor:
+        """x (B, t, C) -> (B, t, C). With `cache` (`KVCache`, `lab.rowcache.RowCache`), the new positions
+        attend through it to the cached earlier ones (`cache.attend`). `rope` (cos, sin), each
+        (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, t, 3, h, d)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, t, 2, h, d), (B, t, h, d)
         if rope is not None:
             qk = self.rotate(qk, rope)  # queries and keys in one go
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d) (RowCache's layout)
-        if isinstance(cache, RowCache):
-            y = cache.attend(self, layer, q, k, v)  # (B, h, 1, d)
-            return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        if cache is not None:
-            if len(cache) > layer:
-                k = torch.cat([cache[layer][0], k], dim=2)  # (B, h, past + t, d)
-                v = torch.cat([cache[layer][1], v], dim=2)
-                cache[layer] = (k, v)
-            else:
-                cache.append((k, v))
-        causal = k.shape[2] == T  # no past: causal mask; one token after a past: it sees everything
-        if not causal and T != 1:
-            raise ValueError("with a cache, feed the whole sequence or one token at a time")
-        y = self._attend(q, k, v, causal)  # (B, h, t, d)
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d)
+        y = self._attend(q, k, v, True) if cache is None else cache.attend(self, layer, q, k, v)  # (B, h, t, d)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, t, C)
         return self.resid_drop(self.c_proj(y))
 
@@ -198,7 +146,7 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: list | RowCache | None = None, layer: int = 0, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, rope)  # (B, t, C)
         return x + self.mlp(self.ln_2(x))
 
@@ -244,19 +192,13 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: list | RowCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
         """idx (B, t) int64 token ids -> logits (B, t, V).
 
-        `cache` (a list, initially empty) keeps each layer's keys and values for incremental decoding:
-        the positions of idx continue after the cached ones. A `RowCache` takes one token at a time and
-        gives exactly the logits of the whole-sequence forward at that position."""
+        `cache` (a `KVCache`, or the coder's `lab.rowcache.RowCache`) keeps each layer's keys and values
+        for incremental decoding: the positions of idx continue after the cached ones."""
         B, T = idx.shape
-        if isinstance(cache, RowCache):
-            if T != 1 or cache.pos >= min(cache.T, self.cfg.block_size):
-                raise ValueError("a RowCache takes one token at a time, within its T positions")
-            past = cache.pos
-        else:
-            past = cache[0][0].shape[2] if cache else 0
+        past = 0 if cache is None else cache.past(T)
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.cfg.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)  # (t,)
@@ -269,8 +211,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, rope)
-        if isinstance(cache, RowCache):
-            cache.pos += 1
+        if cache is not None:
+            cache.advance(T)
         return self.lm_head(self.ln_f(x))  # (B, t, V)
 
     def num_params(self) -> int:
@@ -288,9 +230,9 @@ class GPT(nn.Module):
         Example (8-digit addition, answer_start 19): prompt `s 1 2 3 4 5 6 7 8 + 8 7 6 5 4 3 2 1 =`,
         generated answer `0 9 9 9 9 9 9 9 9 e` if the model has learned to add.
         """
-        cache: list = []
+        cache = KVCache()
         logits = self(x[:, :-1], cache)  # (B, T-1, V)
-        cache[:] = [(k[:, :, :answer_start], v[:, :, :answer_start]) for k, v in cache]
+        cache.keep(answer_start)
         tok = logits[:, answer_start - 1].argmax(-1)  # (B,) depends on the prompt only
         out = [tok]
         for _ in range(x.shape[1] - answer_start - 1):

@@ -1,17 +1,19 @@
 """The LightningModule: loss, optimizer and schedule, the training step, and held-out evaluation.
 
 `LabModule.step` is the one training step of the lab: `lab train` (through `training_step`, Lightning's
-manual optimization), both sides of the coder (`lab.coder.Replay`) and the benchmark's raw loop call it,
+manual optimization), both sides of the coder (`lab.coder.Codec`) and the benchmark's raw loop call it,
 so a receiver replays exactly what training did. It returns the loss and the detached per-token loss in
 nats, float64, under the model *before* the step, as the receiver can compute it (no dropout), at the
-target positions the bits callback reads (`LabModule.bits_idx`: those the model sends, and the answer);
+target positions the bits callback reads (`task.plan.step_cols`: those the model sends, and the answer);
 the callback turns it into code length; `training_step` adds, per row, whether every answer token was
 its position's argmax (then greedy decoding produces the answer). Dropout masks are a pure function of
 (seed, step), so a receiver (and a resumed run) draws the same ones.
 
-Evaluation (every `train.eval_every` steps) on each of the task's evaluation sets ("val", and "train"
-for finite tasks): teacher-forced loss per position, exact match by greedy generation of the whole
-answer, and accuracy per answer position (of the generated answer).
+Evaluation (every `train.eval_every` steps) on each of the task's evaluation sets: teacher-forced loss
+per position, exact match by greedy generation of the whole answer, the share certified (answer under
+1 bit) and accuracy per answer position (of the generated answer), a `Score` per set. "val" and "train"
+(table tasks) are reported the same way for every task; the task turns its other sets into its own
+metrics (`Task.eval_metrics`: clean labels, addition's carry chains and rule).
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lab.config import Config, to_dict
 from lab.loggers import log_metrics
 from lab.model import GPT, GPTConfig
-from lab.tasks import Task
+from lab.tasks import Score, Task
 
 LN2 = math.log(2.0)
 
@@ -61,28 +62,24 @@ class LabModule(L.LightningModule):
         self.cfg, self.task = cfg, task
         m = cfg.model
         parts = set(m.positions)
-        self.model = GPT(GPTConfig.from_preset(
-            m.preset, vocab_size=task.vocab_size, block_size=task.block_size, n_layer=m.n_layer,
-            n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout, bias=m.bias,
+        n_layer, n_head, n_embd = m.sizes
+        self.model = GPT(GPTConfig(
+            vocab_size=task.vocab_size, block_size=task.block_size, n_layer=n_layer, n_head=n_head,
+            n_embd=n_embd, dropout=m.dropout, bias=m.bias,
             coupled_ids=tuple(task.coupled_ids.tolist()) if {"coupled", "rotary"} & parts else None,
             absolute="absolute" in parts, coupled="coupled" in parts, rotary="rotary" in parts,
         ))
         self.automatic_optimization = False  # `step` below is the whole step, shared with the coder
-        self.register_buffer("model_mask", torch.from_numpy(task.model_coded), persistent=False)  # (T-1,)
-        trained = torch.from_numpy(task.loss_mask.nonzero()[0])
-        self.register_buffer("trained_idx", trained, persistent=False)  # (M,) trained positions: no host sync
-        bits_idx = np.union1d(np.flatnonzero(task.sent & task.model_coded), task.answer_positions)
-        self.register_buffer("bits_idx", torch.from_numpy(bits_idx), persistent=False)  # (K,) what `step`'s nats cover
-        self.register_buffer("answer_idx", torch.from_numpy(task.answer_positions), persistent=False)  # (A,)
+        plan = task.plan
+        for name, value in (("model_mask", plan.model_mask), ("trained", plan.trained),
+                            ("step_cols", plan.step_cols), ("answer", plan.answer)):  # on the device: no host sync
+            self.register_buffer(name, torch.from_numpy(value), persistent=False)
         self.examples_seen = 0
         self.eval_names = list(task.eval_sets())
         self._eval: dict[str, dict[str, torch.Tensor]] = {}
         self.last_eval: dict[str, float] = {}  # the latest evaluation's metrics, float64
         self.per_token_loss = True  # return the float64 per-token loss (the bits callback needs it)
         self.grad_ema: dict[str, torch.Tensor] = {}  # Grokfast's slow gradient, when enabled
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)
 
     # -- training -------------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, n_global: int | None = None, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +89,7 @@ class LabModule(L.LightningModule):
         (a process with no rows contributes zero, not NaN)."""
         logits = self.model(x[:, :-1])  # (B, T-1, V)
         nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
-        trained = nll.index_select(1, self.trained_idx)  # (B, M)
+        trained = nll.index_select(1, self.trained)  # (B, R)
         if world == 1 and n_global in (None, len(x)):  # one process (the same float ops as ever)
             return trained.mean(), logits
         return trained.sum() * (world / ((n_global or len(x)) * trained.shape[1])), logits
@@ -101,7 +98,7 @@ class LabModule(L.LightningModule):
              backward=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The training step on rows x (B, T), optimizer step `step` (0-based): forward, backward, Grokfast,
         gradient clipping, optimizer and schedule. -> (detached loss, per-token nats (B, K) float64 under
-        the model before the step at the target positions `bits_idx` (K,), and the logits (B, T-1, V) they
+        the model before the step at the target positions `plan.step_cols` (K,), and the logits (B, T-1, V) they
         come from (detached; the coder codes with them); both None when `per_token_loss` is off)."""
         dropout = self.model.cfg.dropout > 0
         if dropout:
@@ -116,7 +113,7 @@ class LabModule(L.LightningModule):
                     logits = self.model(x[:, :-1])
                 self.model.train()
             bits_logits = logits.detach()
-            nats = token_nats(bits_logits, x[:, 1:], self.bits_idx)  # (B, K)
+            nats = token_nats(bits_logits, x[:, 1:], self.step_cols)  # (B, K)
         opt.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(loss)
         self._grokfast()
@@ -143,7 +140,7 @@ class LabModule(L.LightningModule):
         if nats is None:
             return {"loss": loss}
         # (B,) every answer token the argmax of the logits before the step: greedy decoding produces the answer
-        right = (logits.index_select(1, self.answer_idx).argmax(-1) == x[:, 1:].index_select(1, self.answer_idx)).all(1)
+        right = (logits.index_select(1, self.answer).argmax(-1) == x[:, 1:].index_select(1, self.answer)).all(1)
         return {"loss": loss, "token_loss": nats, "answer_right": right}
 
     def _grokfast(self) -> None:
@@ -199,35 +196,14 @@ class LabModule(L.LightningModule):
         return {"example_bits": (nats * self.model_mask).sum(1) / LN2}  # (B,) model-coded bits per example
 
     def on_validation_epoch_end(self) -> None:
-        names, mask, floor = self.task.target_names, self.task.loss_mask, self.task.floor_bits
-        sent = self.task.model_coded  # the positions the model codes in the stream
-        metrics = {}
+        task = self.task
+        scores = {}
         for name, s in self._eval.items():
             s = {k: v.cpu().numpy() for k, v in s.items()}  # one transfer per evaluation
-            nats = s["nats"] / s["n"]  # (T-1,) mean loss per position
-            exact = float(s["exact"] / s["n"])
-            if name == "val":
-                metrics["val/loss"] = float(nats[mask].mean())
-                metrics["val/exact_match"] = exact
-                metrics["val/certified_exact"] = float(s["certified"] / s["n"])
-                metrics["val/bits_example"] = float((nats[sent] / LN2).sum())
-                metrics["val/excess_bits_example"] = float((nats / LN2 - floor)[sent].sum())
-                metrics.update({f"val/loss/{names[t]}": float(nats[t]) for t in range(len(names)) if mask[t]})
-                acc = s["correct"] / s["n"]
-                metrics.update({f"val/acc/{names[t]}": float(acc[j])
-                                for j, t in enumerate(self.task.answer_positions)})
-            elif name == "val_clean":  # noisy labels: the held-out rows scored against the true rule
-                metrics["val/clean_exact_match"] = exact
-            elif name.startswith("chain_"):  # the rule: sums whose longest carry chain is k digits
-                metrics[f"val/chain_exact/{name[len('chain_'):]}"] = exact
-            else:
-                metrics[f"{name}/eval_loss"] = float(nats[mask].mean())
-                metrics[f"{name}/exact_match"] = exact
-                metrics[f"{name}/certified_exact"] = float(s["certified"] / s["n"])
-        chains = [v for k, v in metrics.items() if k.startswith("val/chain_exact/")]
-        if chains:
-            metrics["val/chain_exact_min"] = min(chains)
-            metrics["val/rule"] = min(metrics["val/chain_exact_min"], metrics["val/exact_match"])
+            n = float(s["n"])
+            scores[name] = Score(n, s["nats"] / n, float(s["exact"]) / n, float(s["certified"]) / n, s["correct"] / n)
+        metrics = self.common_metrics(scores)
+        metrics.update(task.eval_metrics(scores))
         metrics["examples_seen"] = float(self.examples_seen)
         log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
         self.last_eval = metrics
@@ -237,6 +213,26 @@ class LabModule(L.LightningModule):
         target, stop_at = metrics.get(self.cfg.train.stop_metric), self.cfg.train.stop_at
         if stop_at is not None and target is not None and target >= stop_at:
             self.trainer.should_stop = True
+
+    def common_metrics(self, scores: dict[str, Score]) -> dict[str, float]:
+        """The metrics every task has: of "val" (held-out) and, for a table task, of "train"."""
+        task, mask, model_sent = self.task, self.task.loss_mask, self.task.plan.model_mask
+        names = task.target_names
+        out = {}
+        if "val" in scores:
+            v = scores["val"]
+            bits = v.nats / LN2  # (T-1,)
+            out.update({"val/loss": float(v.nats[mask].mean()), "val/exact_match": v.exact,
+                        "val/certified_exact": v.certified,
+                        "val/bits_example": float(bits[model_sent].sum()),  # what the model codes of a row
+                        "val/excess_bits_example": float((bits - task.floor_bits)[model_sent].sum())})
+            out.update({f"val/loss/{names[t]}": float(v.nats[t]) for t in range(len(names)) if mask[t]})
+            out.update({f"val/acc/{names[t]}": float(v.acc[j]) for j, t in enumerate(task.plan.answer)})
+        if "train" in scores:
+            s = scores["train"]
+            out.update({"train/eval_loss": float(s.nats[mask].mean()), "train/exact_match": s.exact,
+                        "train/certified_exact": s.certified})
+        return out
 
     # -- checkpoint extras ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -193,7 +193,7 @@ def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list
            for r in rows if names and f"bits/excess/{names[0]}" in r]
     ex = np.array([c[0] for c in cum])
     exc = np.array([c[1] for c in cum], dtype=float)  # (L, P) cumulative excess per position
-    dn = np.diff([c[2] for c in cum])  # new examples in each window (0 once a finite task revisits)
+    dn = np.diff([c[2] for c in cum])  # new examples in each window (0 once a table task revisits)
     keep = dn > 0
     if keep.sum() > 1:
         per = np.diff(exc, axis=0)[keep] / dn[keep, None]  # (L', P) excess bits per example in each window

@@ -2,7 +2,7 @@
 
     grok/weight_norm              sqrt(sum of squared weights), and grok/weight_norm/<part> per part
                                   (wte, wpe, blocks.0, ..., ln_f, lm_head)
-    for a+b and a-b mod p:
+    for a table whose answer is a phase in Z_p (`TableTask.cyclic_phase`: a+b and a-b mod p):
     grok/fourier/<k>              norm of the residues' token embedding in frequency k (cos and sin
                                   together; k = 0 is the constant), k = 0..(p-1)/2
     grok/key_freqs, grok/key_freq_<i>  the frequencies whose embedding norm^2 exceeds 5x the median
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from lab.loggers import log_metrics
-from lab.tasks.modular import Modular
 
 
 def fourier_basis(p: int) -> np.ndarray:
@@ -78,11 +77,12 @@ def restricted_and_excluded(logits: np.ndarray, phase: np.ndarray, answers: np.n
 
 
 class GrokkingProbes(L.Callback):
-    """Weight norms for every task; the Fourier measures for a+b and a-b mod p."""
+    """Weight norms for every task; the Fourier measures where the task names a cyclic phase."""
 
     def __init__(self, task):
         self.task = task
-        self.fourier = isinstance(task, Modular) and task.op in ("x+y", "x-y")
+        self.cyclic = task.cyclic_phase() if task.is_table else None  # (p, (N,) phase per table row) or None
+        self.fourier = self.cyclic is not None
         self.last: dict[str, float] = {}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -102,15 +102,13 @@ class GrokkingProbes(L.Callback):
 
     @torch.no_grad()
     def _fourier(self, pl_module) -> dict[str, float]:
-        task, p = self.task, self.task.p
+        task, (p, phase) = self.task, self.cyclic
         emb = pl_module.model.wte.weight[:p].detach().double().cpu().numpy()  # (p, d)
         norms = frequency_norms(emb)
         keys = key_frequencies(norms)
         x = torch.from_numpy(task.table).to(pl_module.device)  # (N, 5)
         logits = pl_module.model(x[:, :-1])[:, task.answer_start - 1, :p].double().cpu().numpy()  # (N, p)
-        t = task.table
-        phase = (t[:, 0] + t[:, 2]) % p if task.op == "x+y" else (t[:, 0] - t[:, 2]) % p
-        restricted, excluded = restricted_and_excluded(logits, phase, t[:, -1], p, keys, task.train_idx)
+        restricted, excluded = restricted_and_excluded(logits, phase, task.table[:, -1], p, keys, task.train_idx)
         out = {f"grok/fourier/{k}": float(v) for k, v in enumerate(norms)}
         out.update({f"grok/key_freq_{i + 1}": float(k) for i, k in enumerate(keys)})
         out.update({"grok/key_freqs": float(len(keys)), "grok/restricted_loss": restricted,

@@ -5,7 +5,7 @@ report.png: the bits-per-example curve with the floor and the epistemic area sha
 match on a second axis, and a heatmap of the excess bits per position over examples seen.
 
 For a sweep directory (its subdirectories are runs): one row per run (the parameters that vary, the
-final figures) in report.csv / report.md, and report.png: final compression (dl/table for finite tasks,
+final figures) in report.csv / report.md, and report.png: final compression (dl/table for table tasks,
 else the last bits/example) against final validation accuracy, one point per run, with the Spearman
 rank correlation printed. Compression tracking generalization shows as a strongly negative rho.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lab.config import ConfigError
+from lab.config import flatten
+from lab.errors import RunError
 from lab.loggers import read_metrics
 from lab.plots import last, plt, stream_figure
 
@@ -94,7 +95,7 @@ def run_report(run_dir: Path) -> dict:
 
 def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
     configs = {r: yaml.safe_load((r / "config.yaml").read_text()) for r in runs}
-    flat = {r: dict(_flatten(c)) for r, c in configs.items()}
+    flat = {r: flatten(c) for r, c in configs.items()}
     varying = sorted(k for k in set().union(*flat.values())
                      if len({str(f.get(k)) for f in flat.values()}) > 1 and not k.startswith("log."))
     table, skipped = [], {}
@@ -127,14 +128,6 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
             "skipped": skipped}
 
 
-def _flatten(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def report(path: str | Path) -> dict:
     path = Path(path)
     ran = lambda d: (d / "metrics.jsonl").exists() or (d / "summary.json").exists()  # noqa: E731
@@ -143,6 +136,6 @@ def report(path: str | Path) -> dict:
     runs = [d for d in sorted(path.iterdir()) if d.is_dir() and ran(d) and ".failed-" not in d.name] \
         if path.is_dir() else []
     if not runs:
-        raise ConfigError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl "
+        raise RunError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl "
                           f"or summary.json)")
     return sweep_report(path, runs)

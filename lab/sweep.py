@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lab.config import ConfigError, yaml_error
+from lab.config import flatten, yaml_error
+from lab.errors import ConfigError, RunError
 
 # W&B's parameter types, in the order W&B tries them (its sweep schema's `parameter.anyOf`): a spec is the
 # first whose required keys it has, whose other keys it may have, and whose checks its values pass.
@@ -185,17 +186,6 @@ def nest(items: list[tuple[tuple, object]]) -> dict:
     return out
 
 
-def flat(run: dict, prefix: str = "") -> dict:
-    """A run's nested parameters -> {dotted key: value}."""
-    out = {}
-    for k, v in run.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def check_sweep(sweep: dict) -> None:
     """Top-level keys: what W&B knows but the local runner cannot do is an error naming the key."""
     if not isinstance(sweep, dict):
@@ -257,7 +247,7 @@ def last_wins(args: list[str]) -> list[str]:
 
 
 def run_name(i: int, params: dict) -> str:
-    short = "-".join(f"{k.split('.')[-1]}_{_fmt(v)}" for k, v in flat(params).items())
+    short = "-".join(f"{k.split('.')[-1]}_{_fmt(v)}" for k, v in flatten(params).items())
     return f"{i:03d}-{short}"[:120].replace("/", "_")
 
 
@@ -284,7 +274,7 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
               seed: int = 0, dry_run: bool = False, extra: list[str] = ()) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"sweep: {path} does not exist")
+        raise RunError(f"sweep: {path} does not exist")
     try:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

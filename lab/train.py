@@ -5,7 +5,7 @@
         metrics.jsonl        one row per log step: train/..., bits/..., val/..., dl/..., examples_seen
         positions.csv        per predicted position: floor, total and excess bits (at the end)
         summary.json         final figures of the run
-        grokking.png         finite tasks: accuracy, dl/table and losses against steps
+        grokking.png         table tasks: accuracy, dl/table and losses against steps
         <task>.png           stream tasks (addition.png, ...): bits against examples, certificates,
                              emergence, the rule
         checkpoints/         last.ckpt and the latest periodic step-*.ckpt
@@ -31,15 +31,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lab.bits import Bits
+from lab.bits import PrequentialCode
+from lab.build import Built, build
 from lab.callbacks import Checkpoints, ProgressBar, Report
-from lab.config import Config, ConfigError, diff, from_dict, load_saved, to_dict, to_yaml
+from lab.config import Config, diff, from_dict, load_saved, to_dict, to_yaml
 from lab.data import LabData
+from lab.errors import ConfigError, RunError
 from lab.loggers import JsonlLogger, check_writable_dir, make_wandb_logger, write_atomic
 from lab.module import LabModule
 from lab.plots import grokking_figure, stream_figure
 from lab.probes import GrokkingProbes
-from lab.tasks import Task, make_task
 from lab.twopart import TwoPart
 
 
@@ -57,7 +58,7 @@ class RunResult:
     run_dir: Path
     module: LabModule
     trainer: L.Trainer
-    bits: Bits
+    bits: PrequentialCode
     summary: dict
 
 
@@ -87,7 +88,7 @@ def _newest_intact(run_dir: Path, but: Path, saved: Config) -> Path | None:
 
 
 def load_checkpoint(ckpt: Path, run_dir: Path, saved: Config) -> dict:
-    """The checkpoint, after checking it is whole and was written by the run's config: else ConfigError
+    """The checkpoint, after checking it is whole and was written by the run's config: else RunError
     naming the newest intact checkpoint to resume from instead."""
     problem = checkpoint_problem(ckpt)
     ck = None
@@ -105,7 +106,7 @@ def load_checkpoint(ckpt: Path, run_dir: Path, saved: Config) -> dict:
     other = _newest_intact(run_dir, ckpt, saved)
     hint = (f"resume from the newest intact checkpoint instead: train.resume={other}" if other
             else f"no intact checkpoint of this run is left in {run_dir / 'checkpoints'}")
-    raise ConfigError(f"train.resume: {ckpt} is damaged: {problem}; {hint}")
+    raise RunError(f"train.resume: {ckpt} is damaged: {problem}; {hint}")
 
 
 def finished(run_dir: Path, step: int, cfg: Config, saved: Config) -> str | None:
@@ -134,7 +135,7 @@ def resume_paths(resume: str) -> tuple[Path, Path]:
     p = Path(resume)
     ckpt = p / "checkpoints" / "last.ckpt" if p.is_dir() else p
     if not ckpt.is_file():
-        raise ConfigError(f"train.resume: no checkpoint at {ckpt}")
+        raise RunError(f"train.resume: no checkpoint at {ckpt}")
     return ckpt.parent.parent, ckpt
 
 
@@ -154,14 +155,14 @@ class RunLock:
         self.file = None
 
     def _try(self, f, key: str, mode: int) -> None:
-        """flock `f` without waiting, or raise ConfigError naming `key`, the directory and the holder."""
+        """flock `f` without waiting, or raise RunError naming `key`, the directory and the holder."""
         try:
             fcntl.flock(f, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise ConfigError(f"{key}: {self.path.parent} is being written by {holder}; "
+            raise RunError(f"{key}: {self.path.parent} is being written by {holder}; "
                               f"one writer per run or sweep directory (stop that one first)") from None
 
     def check(self, key: str) -> None:
@@ -171,7 +172,7 @@ class RunLock:
                 self._try(f, key, fcntl.LOCK_SH)
 
     def acquire(self, key: str) -> None:
-        """Take the lock (creating the directory and the file if needed), or raise ConfigError."""
+        """Take the lock (creating the directory and the file if needed), or raise RunError."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")  # (an existing file is not changed before the lock is ours)
         self._try(f, key, fcntl.LOCK_EX)
@@ -209,9 +210,9 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
         RunLock(Path(cfg.log.dir) / name).check("log.name")  # a live run first: that is the news
         run_dir = Path(cfg.log.dir) / name
         if (run_dir / "checkpoints" / "last.ckpt").exists():
-            raise ConfigError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
+            raise RunError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise ConfigError(f"log.name: {run_dir} already exists (a run without a checkpoint, or other files); "
+            raise RunError(f"log.name: {run_dir} already exists (a run without a checkpoint, or other files); "
                               f"a new run never reuses a directory: choose another log.name or move it away")
     else:  # <config>-<date>-<time>, with a suffix if that directory is taken
         stem = name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -223,35 +224,19 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
     return Path(cfg.log.dir) / name, None, None
 
 
-def build(cfg: Config) -> tuple[Task, LabModule]:
-    """The task and the seeded module, before anything is written: a failure here is a start-up error
-    (ConfigError, naming the key where the message does) and leaves no run directory behind."""
-    if cfg.train.accelerator == "gpu" and torch.cuda.device_count() < cfg.train.devices:
-        raise ConfigError(f"train.accelerator: gpu asks for {cfg.train.devices} CUDA device(s); this machine has "
-                          f"{torch.cuda.device_count()} (use train.accelerator=cpu or auto)")
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    try:
-        task = make_task(cfg)
-        return task, LabModule(cfg, task)
-    except (ValueError, MemoryError) as e:
-        msg = str(e) or type(e).__name__
-        raise ConfigError(msg if msg.split(":")[0].count(".") == 1 else f"config: {msg}") from None
-
-
 def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = None) -> RunResult:
     if not cfg.train.resume:
         check_writable_dir(cfg.log.dir, "log.dir")
     run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
-    task, module = build(cfg)
+    built = build(cfg)  # (a failure here leaves nothing written)
+    module = built.module
     rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     lock = RunLock(run_dir)
     fresh = ckpt is None and not run_dir.exists()
     if rank0:  # (DDP workers are launched by rank 0 and write nothing of their own)
         lock.acquire("train.resume" if ckpt else "log.name")
     try:
-        return _train(cfg, task, module, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
+        return _train(built, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "allocate" not in msg:
@@ -265,14 +250,15 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
         lock.release()
 
 
-def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path | None, ckpt_step: int | None,
-           rank0: bool, extra_callbacks: list | None) -> RunResult:
+def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None, rank0: bool,
+           extra_callbacks: list | None) -> RunResult:
+    cfg, task, module = built.cfg, built.task, built.module
     if rank0:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    data = LabData(task, cfg.train.batch_size, cfg.train.eval_batch_size)
+    data = LabData(task, built.batch_size, cfg.train.eval_batch_size)
 
-    bits = Bits(task, cfg.log.every, run_dir, data.batch_size)
+    bits = PrequentialCode(task, cfg.log.every, built.batch_size, run_dir)
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.keep_checkpoints,
                               cfg.train.eval_every, guard=bits.before_save)
     probes = GrokkingProbes(task)
@@ -280,7 +266,7 @@ def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path
     callbacks = [bits, probes, twopart, Report(), checkpoints]
     if cfg.log.progress_bar:
         tr = cfg.train
-        callbacks.append(ProgressBar(task, data.batch_size, tr.max_steps, tr.stop_metric, tr.stop_at, refresh_rate=10))
+        callbacks.append(ProgressBar(task, built.batch_size, tr.max_steps, tr.stop_metric, tr.stop_at, refresh_rate=10))
     callbacks += extra_callbacks or []
     loggers = [JsonlLogger(run_dir / "metrics.jsonl", keep_until=ckpt_step)]
     if cfg.log.wandb:
@@ -334,7 +320,7 @@ def _train(cfg: Config, task: Task, module: LabModule, run_dir: Path, ckpt: Path
         **bits.totals(),
     }
     if trainer.is_global_zero:
-        if task.finite:
+        if task.is_table:
             summary["marks"] = grokking_figure(run_dir)
         elif (run_dir / "metrics.jsonl").exists():
             stream_figure(run_dir, run_dir / f"{task.name}.png")  # addition.png, multiplication.png

@@ -97,7 +97,7 @@ class TwoPart(L.Callback):
         self.last: dict[str, float] = {}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self.task.finite or trainer.sanity_checking:
+        if not self.task.is_table or trainer.sanity_checking:
             return
         self.last = two_part(pl_module.model, self.task, self.tol)
         log_metrics(trainer, {**self.last, "examples_seen": float(pl_module.examples_seen)})
@@ -105,9 +105,12 @@ class TwoPart(L.Callback):
 
 @torch.no_grad()
 def data_bits(model, task, x: torch.Tensor) -> float:
-    """Bits of the sent tokens of rows x (B, T) under `model`, float64."""
-    nats = token_nats(model(x[:, :-1]), x[:, 1:])[:, torch.from_numpy(task.sent).to(x.device)]  # (B, M)
-    return float(nats.sum()) / math.log(2)
+    """Bits of the sent tokens of rows x (B, T), as the stream sends them (`Task.plan`): under `model`
+    where the model sends them, under the task's exact law elsewhere; float64."""
+    plan = task.plan
+    nats = token_nats(model(x[:, :-1]), x[:, 1:])[:, torch.from_numpy(plan.model_mask).to(x.device)]  # (B, S_model)
+    bits = float(nats.sum()) / math.log(2)
+    return bits + float(task.law_bits(x.cpu().numpy()).sum()) if plan.law_mask.any() else bits
 
 
 @torch.no_grad()

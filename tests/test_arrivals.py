@@ -121,7 +121,7 @@ class Arrivals(L.Callback):
         a = task.answer_start
         right = (logits[:, a - 1 :].argmax(-1) == x[:, a:]).all(1)
         certified = nats[:, a - 1 :].sum(1) < math.log(2)
-        bits = nats[:, torch.from_numpy(task.sent)].sum(1) / math.log(2)
+        bits = nats[:, torch.from_numpy(task.plan.sent_mask)].sum(1) / math.log(2)
         self.rows += [(trainer.global_step, float(b), bool(r), bool(c)) for b, r, c in zip(bits, right, certified)]
 
 

@@ -80,11 +80,30 @@ def same(a, b, exact: bool, where: str) -> None:
         assert a == b, f"{where}: {a!r} vs recorded {b!r}"
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """name -> the run's result, as the recording's JSON holds it (each run once for this module)."""
+    out = tmp_path_factory.mktemp("behaviour")
+    return {name: json.loads(json.dumps(run(name, out))) for name in RUNS}
+
+
 @pytest.mark.parametrize("name", list(RUNS))
-def test_a_short_run_logs_what_was_recorded_before_the_change(name, tmp_path):
+def test_a_short_run_logs_what_was_recorded_before_the_change(name, runs):
     recorded = json.loads((DATA / f"{name}.json").read_text())
-    got = json.loads(json.dumps(run(name, tmp_path)))  # (as the recording's JSON holds it)
-    same(got, recorded["run"], recorded["machine"] == machine(), name)
+    same(runs[name], recorded["run"], recorded["machine"] == machine(), name)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_every_stop_metric_a_task_offers_is_logged(name, runs):
+    """`Task.metric_names` (what train.stop_metric may watch) names only metrics the evaluation logs."""
+    from lab.config import load
+    from lab.tasks import TASKS
+
+    config, overrides = RUNS[name]
+    cfg = load(ROOT / config, [*COMMON, *overrides])
+    logged = set().union(*runs[name]["metrics"])
+    offered = TASKS[cfg.task.name].metric_names(cfg.task)
+    assert set(offered) <= logged, sorted(set(offered) - logged)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

@@ -41,7 +41,7 @@ def test_raw_loop_trains_exactly_like_the_lab(tmp_path, position, tiny_addition)
             "train.decay_steps=12", "train.grad_clip=0.5", f"model.position={position}"]
     lab = train(tiny_addition(tmp_path, *over)).module.model
     raw, times = bench.raw_loop(tiny_addition(tmp_path, *over), 12)
-    assert len(times) == 12 and times == sorted(times)
+    assert len(times) == 12  # a step each
     moved = False
     for (name, p), q in zip(lab.state_dict().items(), raw.state_dict().values()):
         # atol 1e-5: Adam turns last-bit differences in near-zero gradients into steps of up to ~1e-6;

@@ -21,7 +21,7 @@ def sent_bits(model, x, task) -> torch.Tensor:
     with torch.no_grad():
         logp = torch.log_softmax(model(x[:, :-1]).double(), -1)  # (B, T-1, V)
     bits = -logp.gather(-1, x[:, 1:, None]).squeeze(-1) / math.log(2)  # (B, T-1)
-    return bits[:, torch.from_numpy(task.sent)].sum(1)
+    return bits[:, torch.from_numpy(task.plan.sent_mask)].sum(1)
 
 
 class Recompute(L.Callback):
@@ -67,7 +67,7 @@ def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path, tiny_addition)
     law = sum(v for k, v in t.items() if k.startswith("bits/pos/") and k[len("bits/pos/")] in "ab")
     assert law == pytest.approx(n * math.log2(pairs), rel=1e-12)
     assert t["bits/total"] == pytest.approx(law + t["bits/model"], rel=1e-12)
-    assert t["bits/floor"] == pytest.approx(n * (math.log2(pairs) + task.floor_bits[task.model_coded].sum()))
+    assert t["bits/floor"] == pytest.approx(n * (math.log2(pairs) + task.floor_bits[task.plan.model_mask].sum()))
     for name in ("a2", "a0", "b1"):
         assert abs(t[f"bits/excess/{name}"]) < 1e-6 * t[f"bits/pos/{name}"] + 0.5  # realised vs expected
 
@@ -246,7 +246,7 @@ def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, kind, overrid
     stream = [r["bits/certified_exact"] for r in rows if "bits/certified_exact" in r]
     assert stream and all(0 <= v <= 1 for v in stream)
     task, model = result.module.task, result.module.model.eval()
-    x = torch.from_numpy(task.eval_sets()["train" if task.finite else "val"])
+    x = torch.from_numpy(task.eval_sets()["train" if task.is_table else "val"])
     logits, answer = model.score_and_generate(x, task.answer_start)
     nats = -torch.log_softmax(logits.double(), -1).gather(-1, x[:, 1:, None]).squeeze(-1)  # (N, T-1)
     certified = nats[:, task.answer_start - 1 :].sum(1) < math.log(2)
@@ -264,20 +264,25 @@ def test_certified_exact_is_a_lower_bound_on_exact_match(tmp_path, kind, overrid
 def test_step_computes_float64_nats_only_where_the_bits_read(tmp_path, kind, overrides, covered, tiny_addition,
                                                               tiny_modular):
     """The training step's float64 per-token loss (its cost is the bits callback's) covers exactly the
-    positions the callback reads, the model-sent ones and the answer, and equals the full computation there."""
-    from lab.module import LabModule, token_nats
-    from lab.tasks import make_task
+    positions the callback reads, the model-sent ones and the answer, and equals the full computation there;
+    the plan's columns find each of them."""
+    from lab.build import build
+    from lab.module import token_nats
 
     cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind](tmp_path, *overrides)
-    task = make_task(cfg)
-    module = LabModule(cfg, task)
-    want = task.answer_positions
+    b = build(cfg)
+    task, module, plan = b.task, b.module, b.task.plan
+    answer = np.arange(task.answer_start - 1, task.seq_len - 1)  # the targets greedy decoding produces
+    want = answer
     if covered == "sent":
-        want = np.union1d(np.flatnonzero(task.sent), want)
-    assert module.bits_idx.tolist() == want.tolist()
+        want = np.union1d(np.flatnonzero(~task.known[1:]), want)
+    assert plan.step_cols.tolist() == want.tolist()
+    model_sent = np.flatnonzero(~task.known[1:] & task.loss_mask)
+    assert plan.step_cols[plan.model_cols].tolist() == model_sent.tolist()
+    assert plan.step_cols[plan.answer_cols].tolist() == answer.tolist()
     x = torch.from_numpy(task.train_batch(0, 8).x)
     opt = torch.optim.SGD(module.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     _, nats, logits = module.step(x, opt, sched, 0)  # (8, K), (8, T-1, V)
     assert nats.shape == (8, len(want)) and nats.dtype == torch.float64
-    assert torch.equal(nats, token_nats(logits, x[:, 1:])[:, module.bits_idx])
+    assert torch.equal(nats, token_nats(logits, x[:, 1:])[:, torch.from_numpy(plan.step_cols)])

@@ -81,12 +81,12 @@ def test_failed_starts_are_one_line_exit_2_and_write_nothing(root, tmp_path, cap
 
 def test_a_failure_while_building_the_run_writes_nothing(root, tmp_path, capsys, monkeypatch):
     """Whatever the validation misses and the task or model refuses is still a start-up error."""
-    import lab.train
+    import lab.build
 
     def refuse(cfg):
         raise ValueError("task.n_digits: refused by the task")
 
-    monkeypatch.setattr(lab.train, "make_task", refuse)
+    monkeypatch.setattr(lab.build, "make_task", refuse)
     code = main(["train", f"{root}/configs/addition.yaml", f"log.dir={tmp_path}/runs", "log.wandb=false"])
     assert code == 2 and capsys.readouterr().err.strip() == "config error: task.n_digits: refused by the task"
     assert not os.path.exists(f"{tmp_path}/runs")

@@ -122,7 +122,7 @@ def test_a_second_writer_is_refused_and_writes_nothing(tmp_path, capsys):
         before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
         assert main(["train", f"train.resume={run}"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("config error: train.resume: ")
+        assert err.count("\n") == 1 and err.startswith("run error: train.resume: ")
         assert str(run) in err and f"pid {live.pid}" in err
         assert main(["train", *ARGS, f"log.dir={tmp_path}"]) == 2  # a new run under the same name
         assert f"log.name: {run} is being written by pid {live.pid}" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def _resume_refused(run, capsys, *extra) -> str:
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert main(["train", f"train.resume={run}", "train.max_steps=20", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("config error: train.resume: "), err
+    assert err.count("\n") == 1 and err.startswith("run error: train.resume: "), err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing changed
     return err
 
@@ -291,7 +291,7 @@ def test_a_new_run_never_reuses_a_directory(tmp_path, capsys):
     (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 1.0}\n')
     assert main(["train", GROK, *TINY, f"log.dir={tmp_path}", "log.name=run"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"config error: log.name: {run} already exists")
+    assert err.count("\n") == 1 and err.startswith(f"run error: log.name: {run} already exists")
     assert (run / "metrics.jsonl").read_text() == '{"step": 1, "train/loss": 1.0}\n' and files(run) == {
         Path("metrics.jsonl")}
 
@@ -321,7 +321,7 @@ def test_a_read_only_log_dir_is_one_line(tmp_path, capsys):
     try:
         assert main(["train", GROK, *TINY, f"log.dir={ro}/runs"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"config error: log.dir: {ro} is not writable"), err
+        assert err.count("\n") == 1 and err.startswith(f"run error: log.dir: {ro} is not writable"), err
     finally:
         subprocess.run(["umount", str(ro)])
 

@@ -1,19 +1,20 @@
 import pytest
 import torch
 
-from lab.model import GPT, PRESETS, GPTConfig
+from lab.config import ModelConfig
+from lab.model import GPT, GPTConfig
 
 
 def test_shapes_and_presets():
-    model = GPT(GPTConfig.from_preset("gpt-mini", vocab_size=14, block_size=28))
-    assert (model.cfg.n_layer, model.cfg.n_head, model.cfg.n_embd) == PRESETS["gpt-mini"]
-    assert 2.6e6 < model.num_params() < 2.8e6
+    sizes = ModelConfig(preset="gpt-mini").sizes
+    assert sizes == (6, 6, 192)
+    model = GPT(GPTConfig(14, 28, *sizes))
+    assert 2.6e6 < model.num_params() < 2.8e6  # the reference's gpt-mini
     x = torch.randint(0, 14, (3, 28))
     assert model(x).shape == (3, 28, 14)
     with pytest.raises(ValueError, match="block_size"):
         model(torch.randint(0, 14, (1, 29)))
-    override = GPTConfig.from_preset("gpt-mini", vocab_size=14, block_size=28, n_layer=2)
-    assert override.n_layer == 2 and override.n_embd == 192
+    assert ModelConfig(preset="gpt-mini", n_layer=2).sizes == (2, 6, 192)  # a field set overrides the preset
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(vocab_size=5, block_size=4, n_head=3, n_embd=8)
 
@@ -49,9 +50,10 @@ def test_the_cuda_attention_path_gives_the_explicit_paths_logits(monkeypatch):
     from lab.model import CausalSelfAttention
     from lab.tasks import Addition
 
-    task = Addition(n_digits=8, n_heldout=0)
-    cfg = GPTConfig.from_preset("gpt-micro", vocab_size=14, block_size=28, n_head=8, absolute=True, coupled=True,
-                                rotary=True, coupled_ids=tuple(task.coupled_ids.tolist()))
+    task = Addition.of(n_digits=8, n_heldout=0, n_chain=0)
+    n_layer, _, n_embd = ModelConfig(preset="gpt-micro").sizes
+    cfg = GPTConfig(vocab_size=14, block_size=28, n_layer=n_layer, n_head=8, n_embd=n_embd, absolute=True,
+                    coupled=True, rotary=True, coupled_ids=tuple(task.coupled_ids.tolist()))
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     x = torch.from_numpy(task.train_batch(0, 64).x)
@@ -75,7 +77,7 @@ def test_coupled_positions_share_one_embedding_and_decode_with_cache(absolute):
     from lab.tasks import Addition
 
     torch.manual_seed(0)
-    ids = tuple(Addition(n_digits=3).coupled_ids.tolist())
+    ids = tuple(Addition.of(n_digits=3, n_chain=0).coupled_ids.tolist())
     cfg = GPTConfig(vocab_size=14, block_size=13, n_layer=2, n_head=2, n_embd=32, coupled_ids=ids,
                     absolute=absolute)
     model = GPT(cfg).eval()

@@ -14,9 +14,9 @@ from lab.tasks.multiplication import Multiplication
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_layout_writes_the_product_in_either_order(reverse):
-    task = Multiplication(3, 2, reverse_answer=reverse, n_heldout=10)
+    task = Multiplication.of(n_digits=3, m_digits=2, reverse_answer=reverse, n_heldout=10)
     x = task.encode([123, 999, 100], [45, 99, 10])
-    assert task.decode(x[0]) == ("s 1 2 3 * 4 5 = 5 3 5 5 0 e" if reverse else "s 1 2 3 * 4 5 = 0 5 5 3 5 e")
+    assert task.show(x[0]) == ("s 1 2 3 * 4 5 = 5 3 5 5 0 e" if reverse else "s 1 2 3 * 4 5 = 0 5 5 3 5 e")
     digits = x[:, task.answer_start : -1]
     digits = digits[:, ::-1] if reverse else digits  # most significant first
     products = digits @ 10 ** np.arange(4, -1, -1)
@@ -28,10 +28,10 @@ def test_layout_writes_the_product_in_either_order(reverse):
 
 def test_floors_of_the_default():
     """3 x 2 digits: 2 log2 9 + 3 log2 10 = 16.31 bits without a held-out set; the product costs 0."""
-    task = Multiplication(3, 2, n_heldout=0)
+    task = Multiplication.of(n_digits=3, m_digits=2, n_heldout=0)
     assert task.floor_bits_per_example == pytest.approx(2 * math.log2(9) + 3 * math.log2(10), abs=1e-12)
-    assert (task.floor_bits[task.answer_positions] == 0).all()
-    held_out = Multiplication(3, 2, n_heldout=1000)  # the stream leaves 1,000 of 81,000 pairs out
+    assert (task.floor_bits[task.plan.answer] == 0).all()
+    held_out = Multiplication.of(n_digits=3, m_digits=2, n_heldout=1000)  # the stream leaves 1,000 of 81,000 pairs out
     assert held_out.floor_bits_per_example == pytest.approx(math.log2(81_000 - 1000), abs=1e-9)
 
 

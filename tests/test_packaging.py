@@ -31,7 +31,3 @@ def test_markers_are_strict_and_no_test_imports_from_conftest():
     for path in (ROOT / "tests").glob("test_*.py"):
         assert not re.search(r"^\s*(from conftest import|import conftest)", path.read_text(), re.M), path.name
 
-
-def test_ci_lints_before_it_tests():
-    steps = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
-    assert steps == ["make install", "make lint", "make test"]

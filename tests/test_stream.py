@@ -6,12 +6,11 @@ import importlib.util
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
-from lab.module import LabModule
-from lab.tasks import TASKS, make_task
+from lab.build import build
+from lab.tasks import TASKS
 from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -51,16 +50,15 @@ def test_dropout_bits_are_those_of_the_model_without_dropout(tmp_path, tiny_addi
     training forward's (with dropout), which no receiver could reproduce: the two differ."""
     cfg = tiny_addition(tmp_path, "model.dropout=0.3", "train.max_steps=1", "task.chain_prob=0")
     logged = train(cfg).bits.totals()["bits/total"]
-    L.seed_everything(cfg.seed, verbose=False)
-    task = make_task(cfg)
-    model = LabModule(cfg, task).model  # the initial weights, as `lab train` builds them
+    b = build(cfg)  # the initial weights, as `lab train` builds them
+    task, model = b.task, b.module.model
     x = torch.from_numpy(task.train_batch(0, cfg.train.batch_size).x)
 
     def bits(train_mode: bool) -> float:
         model.train(train_mode)
         with torch.no_grad():
             logp = torch.log_softmax(model(x[:, :-1]).double(), -1)  # (B, T-1, V)
-        nats = -logp.gather(-1, x[:, 1:, None]).squeeze(-1)[:, torch.from_numpy(task.sent)]
+        nats = -logp.gather(-1, x[:, 1:, None]).squeeze(-1)[:, torch.from_numpy(task.plan.sent_mask)]
         return float(nats.sum()) / math.log(2)
 
     assert logged == pytest.approx(bits(False), rel=1e-12)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-from lab.config import ConfigError, load
+from lab.config import load
 from lab.dashboard import build, describe
+from lab.errors import ConfigError, RunError
 from lab.report import report, spearman
 from lab.sweep import agent_args, base_command, expand, param_type, run_sweep
 from lab.train import train
@@ -185,7 +186,7 @@ def test_run_report(tmp_path, tiny_modular):
     rep = report(result.run_dir)
     assert rep["kind"] == "run" and rep["final"]["step"] == 20
     assert (result.run_dir / "report.png").stat().st_size > 10_000
-    with pytest.raises(ConfigError, match="neither a run"):
+    with pytest.raises(RunError, match="neither a run"):
         report(tmp_path / "nothing")
 
 

@@ -19,7 +19,7 @@ NAMES = sorted(TASKS)
 def small(name: str, **kw):
     """The task's small instance (its `small` options), with `kw` on top."""
     cls = TASKS[name]
-    return cls(**{**cls.small, **kw})
+    return cls.of(**{**cls.small, **kw})
 
 
 def conditional_entropies(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -72,10 +72,10 @@ def test_per_position_arrays_and_floors(name):
     if task.coupled_ids is not None:
         assert len(task.coupled_ids) == T - 1
     assert len(task.known) == T and task.known[0]
-    assert task.answer_positions[-1] == T - 2
+    assert task.plan.answer[-1] == T - 2
     assert (task.floor_bits >= 0).all() and (task.floor_bits <= task.uniform_bits + 1e-12).all()
-    assert (task.floor_bits[~task.sent] == 0).all() and (task.uniform_bits[~task.sent] == 0).all()
-    assert task.floor_bits_per_example <= task.uniform_bits[task.sent].sum()
+    assert (task.floor_bits[~task.plan.sent_mask] == 0).all() and (task.uniform_bits[~task.plan.sent_mask] == 0).all()
+    assert task.floor_bits_per_example <= task.uniform_bits[task.plan.sent_mask].sum()
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.1])
@@ -86,14 +86,14 @@ def test_floors_are_the_exact_conditional_entropies(name, noise):
     rows, probs = task.exact_law()
     assert probs.sum() == pytest.approx(1.0, abs=1e-12) and (probs > 0).all()
     H = conditional_entropies(rows, probs)
-    np.testing.assert_allclose(task.floor_bits[task.sent], H[task.sent], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(task.floor_bits[task.plan.sent_mask], H[task.plan.sent_mask], atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_law_coded_targets_follow_the_exact_law(name):
     task = small(name, loss_on="answer")
     rows, probs = task.exact_law()
-    for t in np.flatnonzero(task.law_coded):
+    for t in np.flatnonzero(task.plan.law_mask):
         want = defaultdict(Counter)
         for row, p in zip(map(tuple, rows.tolist()), probs.tolist()):
             want[row[: t + 1]][row[t + 1]] += p
@@ -112,7 +112,7 @@ def test_batches_are_a_pure_function_of_seed_and_step(name):
         np.testing.assert_array_equal(x.x, y.x)
         np.testing.assert_array_equal(x.ids, y.ids)
         np.testing.assert_array_equal(x.new, y.new)
-        np.testing.assert_array_equal(a.layout(x.ids)[:, a.known], x.x[:, a.known])  # the receiver's layout
+        np.testing.assert_array_equal(a.known_tokens(x.ids)[:, a.known], x.x[:, a.known])  # the receiver's layout
     assert not np.array_equal(a.train_batch(0, 8).x, a.train_batch(1, 8).x)
     assert not np.array_equal(stream_rows(a), stream_rows(c))
 
@@ -133,3 +133,29 @@ def test_a_run_config_builds_the_task(name):
     cfg = load(None, [f"task.name={name}", *(f"task.{k}={v}" for k, v in TASKS[name].small.items())])
     task = make_task(cfg)
     assert type(task) is TASKS[name] and task.seq_len == small(name).seq_len
+
+
+@pytest.mark.parametrize("module,banned", [
+    ("lab.tasks", ["torch", "lightning", "lab.config", "omegaconf"]),  # tasks: numpy and lab.errors only
+    ("lab.config", ["torch", "lightning"]),  # the config assembles tasks and presets without torch
+])
+def test_imports_point_one_way(module, banned):
+    """The layout's one import direction: tasks know nothing of the config (which imports their registry),
+    and loading a config needs no torch."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(m for m in {banned!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"import {module} imports {out}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stop_metrics_are_the_tasks_own(name, root):
+    """train.stop_metric is checked against the chosen task's metrics: each name it offers is logged by a
+    run's evaluation (`Task.metric_names`), another task's is a one-line error naming the key."""
+    cls = TASKS[name]
+    assert "val/exact_match" in cls.metric_names(cls.Config())
+    foreign = "val/rule" if name != "addition" else "train/exact_match"
+    with pytest.raises(ConfigError, match=r"^train.stop_metric: .* choose from"):
+        load(None, [f"task.name={name}", f"train.stop_metric={foreign}"])

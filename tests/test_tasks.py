@@ -32,7 +32,8 @@ ADDITION_OPTIONS = list(itertools.product([False, True], [False, True], ["all", 
 
 @pytest.mark.parametrize("leading_zeros,reverse,loss_on", ADDITION_OPTIONS)
 def test_addition_floor_is_exact_conditional_entropy(leading_zeros, reverse, loss_on):
-    task = Addition(2, leading_zeros, reverse, loss_on, n_heldout=0)
+    task = Addition.of(n_digits=2, leading_zeros=leading_zeros, reverse_answer=reverse, loss_on=loss_on,
+                       n_heldout=0, n_chain=0)
     lo = 0 if leading_zeros else 10
     a, b = (g.ravel() for g in np.meshgrid(np.arange(lo, 100), np.arange(lo, 100)))
     rows = task.encode(a, b)
@@ -41,14 +42,14 @@ def test_addition_floor_is_exact_conditional_entropy(leading_zeros, reverse, los
     np.testing.assert_allclose(task.floor_bits, conditional_entropies(dist), atol=1e-9, rtol=0)
     expected = 4 * math.log2(10) if leading_zeros else 2 * (math.log2(9) + math.log2(10))
     assert task.floor_bits_per_example == pytest.approx(expected, abs=1e-12)  # whatever the loss is on
-    assert task.law_coded.sum() == (4 if loss_on == "answer" else 0)
+    assert task.plan.law_mask.sum() == (4 if loss_on == "answer" else 0)
 
 
 @pytest.mark.parametrize("n,leading_zeros,heldout", [(1, False, 40), (2, False, 2000), (2, True, 3000)])
 def test_addition_floor_and_law_exclude_the_heldout_pairs_exactly(n, leading_zeros, heldout):
     """The stream never yields a held-out pair: its operands are uniform over the other pairs. The floors
     are that law's conditional entropies and `law_probs` its conditionals, both by enumeration."""
-    task = Addition(n, leading_zeros, False, "answer", n_heldout=heldout)
+    task = Addition.of(n_digits=n, leading_zeros=leading_zeros, loss_on="answer", n_heldout=heldout, n_chain=0)
     lo = 0 if leading_zeros else 10 ** (n - 1)
     held = {tuple(p) for p in task.heldout_pairs.tolist()}
     pairs = [(a, b) for a in range(lo, 10**n) for b in range(lo, 10**n) if (a, b) not in held]
@@ -61,7 +62,7 @@ def test_addition_floor_and_law_exclude_the_heldout_pairs_exactly(n, leading_zer
     assert uniform - task.floor_bits_per_example > 1e-3  # the exclusion matters here
     bits = task.law_bits(rows)  # (N, T-1): every example's operands cost log2 |pairs| bits
     np.testing.assert_allclose(bits.sum(1), math.log2(len(pairs)), atol=1e-9)
-    for t in np.flatnonzero(task.law_coded):  # the law's conditionals, row by row, by counting
+    for t in np.flatnonzero(task.plan.law_mask):  # the law's conditionals, row by row, by counting
         prefix = Counter(tuple(r[: t + 1]) for r in rows.tolist())
         nxt = Counter(tuple(r[: t + 2]) for r in rows.tolist())
         expected = np.array([nxt[tuple(r[: t + 2])] / prefix[tuple(r[: t + 1])] for r in rows.tolist()])
@@ -71,9 +72,9 @@ def test_addition_floor_and_law_exclude_the_heldout_pairs_exactly(n, leading_zer
 
 def test_addition_8_digit_floors_match_the_reference():
     expected = 2 * (math.log2(9) + 7 * math.log2(10))
-    assert Addition(8, n_heldout=10).floor_bits_per_example == pytest.approx(expected, abs=1e-12)
-    assert round(Addition(8, n_heldout=10).floor_bits_per_example, 2) == 52.85
-    task = Addition(8, leading_zeros=True, n_heldout=10)
+    assert Addition.of(n_digits=8, n_heldout=10, n_chain=0).floor_bits_per_example == pytest.approx(expected, abs=1e-12)
+    assert round(Addition.of(n_digits=8, n_heldout=10, n_chain=0).floor_bits_per_example, 2) == 52.85
+    task = Addition.of(n_digits=8, leading_zeros=True, n_heldout=10, n_chain=0)
     assert task.floor_bits_per_example == pytest.approx(16 * math.log2(10), abs=1e-12)
     assert task.floor_bits_per_example / 28 * math.log(2) == pytest.approx(1.3158, abs=1e-4)
     assert (task.seq_len, task.vocab_size, int(task.loss_mask.sum())) == (29, 14, 28)
@@ -84,7 +85,7 @@ def test_addition_8_digit_floors_match_the_reference():
 @pytest.mark.parametrize("loss_on", ["answer", "all"])
 def test_modular_floor_is_exact_conditional_entropy(op, noise, loss_on):
     p = 7
-    task = Modular(op, p, 0.5, loss_on, label_noise=noise)
+    task = Modular.of(op=op, p=p, train_fraction=0.5, loss_on=loss_on, label_noise=noise)
     clean = task.table.copy()
     clean[:, -1] = task.clean_answers
     dist = {}
@@ -104,7 +105,7 @@ def test_modular_floor_is_exact_conditional_entropy(op, noise, loss_on):
 
 @pytest.mark.parametrize("leading_zeros,reverse", [(False, False), (True, True)])
 def test_addition_encode_decode_round_trip(leading_zeros, reverse):
-    task = Addition(8, leading_zeros, reverse, n_heldout=10)
+    task = Addition.of(n_digits=8, leading_zeros=leading_zeros, reverse_answer=reverse, n_heldout=10, n_chain=0)
     batch = task.train_batch(3, 64)
     a, b = task.operands(batch.x)
     np.testing.assert_array_equal(task.encode(a, b), batch.x)
@@ -113,28 +114,28 @@ def test_addition_encode_decode_round_trip(leading_zeros, reverse):
         lhs, c = line.strip().split("=")
         assert lhs == f"{ai:08d}+{bi:08d}"
         assert int(c[::-1] if reverse else c) == ai + bi and len(c) == 9
-        assert task.decode(row).split()[0] == "s" and task.decode(row).split()[-1] == "e"
+        assert task.show(row).split()[0] == "s" and task.show(row).split()[-1] == "e"
     assert task.to_text(batch.x[0]).count("\n") == 1 and len(task.to_text(batch.x[0])) == 28
 
 
 def test_addition_operand_law():
-    plain = Addition(3, n_heldout=0).train_batch(0, 4000).x
+    plain = Addition.of(n_digits=3, n_heldout=0, n_chain=0).train_batch(0, 4000).x
     assert plain[:, 1].min() == 1 and plain[:, 5].min() == 1  # leading digits never 0
-    zeros = Addition(3, leading_zeros=True, n_heldout=0).train_batch(0, 4000).x
+    zeros = Addition.of(n_digits=3, leading_zeros=True, n_heldout=0, n_chain=0).train_batch(0, 4000).x
     assert zeros[:, 1].min() == 0 and zeros[:, 5].min() == 0
 
 
 def test_stream_is_a_function_of_seed_and_step():
-    task = Addition(8, n_heldout=100, seed=1)
+    task = Addition.of(n_digits=8, n_heldout=100, seed=1, n_chain=0)
     x1, x2 = task.train_batch(7, 32), task.train_batch(7, 32)
     np.testing.assert_array_equal(x1.x, x2.x)
     assert not np.array_equal(task.train_batch(8, 32).x, x1.x)
-    assert not np.array_equal(Addition(8, n_heldout=100, seed=2).train_batch(7, 32).x, x1.x)
+    assert not np.array_equal(Addition.of(n_digits=8, n_heldout=100, seed=2, n_chain=0).train_batch(7, 32).x, x1.x)
     np.testing.assert_array_equal(x1.ids, 7 * 32 + np.arange(32))
 
 
 def test_heldout_never_in_the_stream():
-    task = Addition(2, n_heldout=2000)  # a quarter of all 8,100 pairs is held out
+    task = Addition.of(n_digits=2, n_heldout=2000, n_chain=0)  # a quarter of all 8,100 pairs is held out
     held = {tuple(p) for p in task.heldout_pairs.tolist()}
     assert len(held) == 2000
     seen = set()
@@ -149,7 +150,7 @@ def test_heldout_never_in_the_stream():
 
 
 def test_modular_split_and_epochs():
-    task = Modular("x/y", 11, 0.3)
+    task = Modular.of(op="x/y", p=11, train_fraction=0.3)
     n = 11 * 10
     assert task.table_size() == n and len(task.train_idx) == 33
     assert set(task.train_idx).isdisjoint(task.val_idx) and len(task.train_idx) + len(task.val_idx) == n
@@ -165,17 +166,18 @@ def test_modular_split_and_epochs():
 
 
 def test_label_noise_is_fixed_per_example_and_never_right():
-    task = Modular("x+y", 97, 0.5, label_noise=0.1)
+    task = Modular.of(op="x+y", p=97, train_fraction=0.5, label_noise=0.1)
     flipped = task.table[:, -1] != task.clean_answers
     assert abs(flipped.mean() - 0.1) < 0.02
-    again = Modular("x+y", 97, 0.5, label_noise=0.1)
+    again = Modular.of(op="x+y", p=97, train_fraction=0.5, label_noise=0.1)
     np.testing.assert_array_equal(again.table, task.table)
 
 
 @pytest.mark.parametrize("leading_zeros,reverse", [(False, False), (True, True), (False, True)])
 def test_addition_label_noise_floor_is_exact(leading_zeros, reverse):
     eps = 0.1
-    task = Addition(1, leading_zeros, reverse, "all", n_heldout=0, label_noise=eps)
+    task = Addition.of(n_digits=1, leading_zeros=leading_zeros, reverse_answer=reverse, loss_on="all", n_heldout=0,
+                       label_noise=eps, n_chain=0)
     lo = 0 if leading_zeros else 1
     dist = {}
     for a in range(lo, 10):
@@ -193,7 +195,7 @@ def test_addition_label_noise_floor_is_exact(leading_zeros, reverse):
 
 
 def test_addition_label_noise_in_the_stream_and_held_out():
-    task = Addition(8, n_heldout=2000, label_noise=0.1)
+    task = Addition.of(n_digits=8, n_heldout=2000, label_noise=0.1, n_chain=0)
     x = np.concatenate([task.train_batch(s, 512).x for s in range(4)])
     a, b = task.operands(x)
     flipped = (task.encode(a, b) != x).any(1)
@@ -202,14 +204,14 @@ def test_addition_label_noise_in_the_stream_and_held_out():
     sets = task.eval_sets()
     assert set(sets) == {"val", "val_clean"}
     assert 0.05 < (sets["val"] != sets["val_clean"]).any(1).mean() < 0.15
-    clean = Addition(8, n_heldout=2000)
+    clean = Addition.of(n_digits=8, n_heldout=2000, n_chain=0)
     np.testing.assert_array_equal(clean.eval_sets()["val"], sets["val_clean"])
 
 
 @pytest.mark.parametrize("op", list(PERM_OPS))
 @pytest.mark.parametrize("noise", [0.0, 0.1])
 def test_permutation_tasks(op, noise):
-    task = Permutation(op, 0.3, "all", label_noise=noise)
+    task = Permutation.of(op=op, train_fraction=0.3, loss_on="all", label_noise=noise)
     assert task.table_size() == 14400 and task.vocab_size == 122
     x, y = PERMS[task.table[:, 0]], PERMS[task.table[:, 2]]
     z = PERMS[task.clean_answers]
@@ -232,7 +234,7 @@ def test_permutation_tasks(op, noise):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_addition_coupled_ids_align_equal_significance(reverse):
     """The input position that predicts c_i carries the id of the positions that hold a_i and b_i."""
-    t = Addition(n_digits=4, reverse_answer=reverse)
+    t = Addition.of(n_digits=4, reverse_answer=reverse, n_chain=0)
     ids, names = t.coupled_ids, t.target_names  # input position j reads x[j] and predicts names[j]
     assert ids.shape == (t.block_size,) and ids[0] == 0
     holds = {names[j - 1]: ids[j] for j in range(1, t.block_size)}  # the token x[j] is target j - 1
@@ -245,26 +247,29 @@ def test_addition_coupled_ids_align_equal_significance(reverse):
 
 
 @pytest.mark.parametrize("task", [
-    Addition(3, n_heldout=200), Addition(2, True, True, "answer", n_heldout=100, label_noise=0.1),
-    Modular("x/y", 11, 0.3, "all"), Modular("x+y", 7, 0.5, label_noise=0.2), Permutation("x*y*x", 0.3),
+    Addition.of(n_digits=3, n_heldout=200, n_chain=0),
+    Addition.of(n_digits=2, leading_zeros=True, reverse_answer=True, loss_on="answer", n_heldout=100, label_noise=0.1,
+                n_chain=0),
+    Modular.of(op="x/y", p=11, train_fraction=0.3, loss_on="all"),
+    Modular.of(op="x+y", p=7, train_fraction=0.5, label_noise=0.2), Permutation.of(op="x*y*x", train_fraction=0.3),
 ], ids=lambda t: type(t).__name__)
 def test_what_the_receiver_knows_is_what_the_stream_holds(task):
     """`layout` gives every known token of each scheduled example, the first token (never predicted) is
     known, known positions cost nothing, sent ones at most their uniform code, and `sent_ids` are the
     ids the schedule marks new, in order."""
-    assert task.known[0] and task.sent.any()
-    assert (task.floor_bits[~task.sent] == 0).all()
-    assert (task.floor_bits[task.sent] <= task.uniform_bits[task.sent] + 1e-12).all()
+    assert task.known[0] and task.plan.sent_mask.any()
+    assert (task.floor_bits[~task.plan.sent_mask] == 0).all()
+    assert (task.floor_bits[task.plan.sent_mask] <= task.uniform_bits[task.plan.sent_mask] + 1e-12).all()
     new_ids = []
     for step in range(5):
         batch = task.train_batch(step, 16)
-        np.testing.assert_array_equal(task.layout(batch.ids)[:, task.known], batch.x[:, task.known])
+        np.testing.assert_array_equal(task.known_tokens(batch.ids)[:, task.known], batch.x[:, task.known])
         new_ids.append(batch.ids[batch.new])
     np.testing.assert_array_equal(task.sent_ids(5, 16), np.concatenate(new_ids))
 
 
 def test_carry_chain_sets_cover_every_length_and_stay_out_of_the_stream():
-    task = Addition(4, n_heldout=300, n_chain=150, seed=3)
+    task = Addition.of(n_digits=4, n_heldout=300, n_chain=150, seed=3)
     sets = task.eval_sets()
     assert [k for k in sets if k.startswith("chain_")] == [f"chain_{k}" for k in range(4)]  # lengths 0..n-1
     seen_pairs = set()
@@ -284,7 +289,7 @@ def test_carry_chain_sets_cover_every_length_and_stay_out_of_the_stream():
 
 
 def test_floors_exclude_the_chain_sets_too():
-    task = Addition(2, n_heldout=1000, n_chain=300)
+    task = Addition.of(n_digits=2, n_heldout=1000, n_chain=300)
     excluded = {tuple(p) for p in task.heldout_pairs.tolist()}
     for pairs in task.chain_pairs.values():
         excluded |= {tuple(p) for p in pairs.tolist()}
@@ -300,7 +305,8 @@ def test_chain_rich_law_floors_and_conditionals_are_exact_by_enumeration(leading
     """chain_prob q: each lower pair sums to 9 w.p. q. With held-out and chain sets excluded, the floors
     are the exact conditional entropies of the stream's law and law_probs its conditionals."""
     q = 0.5
-    task = Addition(2, leading_zeros, False, "answer", n_heldout=800, n_chain=150, chain_prob=q)
+    task = Addition.of(n_digits=2, leading_zeros=leading_zeros, loss_on="answer", n_heldout=800, n_chain=150,
+                       chain_prob=q)
     lo = 0 if leading_zeros else 10
     excluded = {tuple(p) for p in task.heldout_pairs.tolist()}
     for pairs in task.chain_pairs.values():
@@ -319,7 +325,7 @@ def test_chain_rich_law_floors_and_conditionals_are_exact_by_enumeration(leading
     np.testing.assert_allclose(task.floor_bits, H, atol=1e-9, rtol=0)
     assert task.floor_bits[task.digit_cols[-1] - 1] < math.log2(10) - 0.5  # b0 is far from uniform
     probs = np.array(list(dist.values())) / total
-    for t in np.flatnonzero(task.law_coded):  # the conditionals, weighted by the law
+    for t in np.flatnonzero(task.plan.law_mask):  # the conditionals, weighted by the law
         prefix, nxt = defaultdict(float), defaultdict(float)
         for r, p in zip(rows.tolist(), probs):
             prefix[tuple(r[: t + 1])] += p

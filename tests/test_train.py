@@ -8,7 +8,7 @@ import torch
 
 from lab.__main__ import main
 from lab.bits import NonFiniteError
-from lab.config import ConfigError
+from lab.errors import ConfigError, RunError
 from lab.loggers import read_metrics
 from lab.train import train
 
@@ -71,7 +71,7 @@ def test_ctrl_c_then_resume_loses_nothing(tmp_path, kind, tiny_addition, tiny_mo
     assert stopped.summary["stopped_by"] == "SIGINT"  # (`lab train` exits with 128 + 2)
     resumed = train(make_cfg(tmp_path / "c", "model.dropout=0.1", f"train.resume={tmp_path}/b/t"))
     assert resumed.trainer.global_step == 30
-    assert torch.equal(resumed.bits.acc, full.bits.acc)  # every counter, to the last bit
+    assert torch.equal(resumed.bits.counts, full.bits.counts)  # every counter, to the last bit
     assert resumed.bits.totals() == full.bits.totals()
     a, b = _state(full), _state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -88,7 +88,7 @@ def test_resume_from_periodic_checkpoint_after_crash(tmp_path, tiny_addition):
     assert crashed.trainer.global_step == 27
     ckpt = tmp_path / "b/t/checkpoints/step-00000020.ckpt"
     resumed = train(tiny_addition(tmp_path / "b", f"train.resume={ckpt}"))
-    assert torch.equal(resumed.bits.acc, full.bits.acc)
+    assert torch.equal(resumed.bits.counts, full.bits.counts)
     steps = [r["step"] for r in read_metrics(tmp_path / "b/t/metrics.jsonl")]
     assert steps == sorted(set(steps))  # rows after step 20 were replaced, not duplicated
 
@@ -97,7 +97,7 @@ def test_resume_refuses_a_different_task(tmp_path, tiny_addition):
     train(tiny_addition(tmp_path, "train.max_steps=10"))
     with pytest.raises(ConfigError, match="^task.n_digits"):
         train(tiny_addition(tmp_path, "task.n_digits=4", f"train.resume={tmp_path}/t"))
-    with pytest.raises(ConfigError, match="^log.name"):
+    with pytest.raises(RunError, match="^log.name"):
         train(tiny_addition(tmp_path))  # would overwrite the finished run
 
 
@@ -140,7 +140,7 @@ def test_non_finite_bits_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path
     assert max(r["step"] for r in rows if "bits/total" in r) == 5
     # the run resumes from its last good checkpoint and ends as one that never failed
     resumed = train(tiny_addition(tmp_path, "train.checkpoint_every=5", f"train.resume={tmp_path}/t"))
-    assert torch.equal(resumed.bits.acc, train(tiny_addition(tmp_path / "clean")).bits.acc)
+    assert torch.equal(resumed.bits.counts, train(tiny_addition(tmp_path / "clean")).bits.counts)
 
 
 def test_cli_stops_on_a_non_finite_loss_with_an_error(tmp_path, capsys, root):

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.config import TaskConfig, check
-from lab.tasks.base import log2, register, rng_for
-from lab.tasks.operands import OperandTask, noisy_answer_floor  # noqa: F401 (re-exported)
+from lab.errors import check
+from lab.tasks.base import Score, TaskConfig, log2, register, rng_for
+from lab.tasks.operands import OperandTask
 
 
 @dataclass
@@ -93,23 +93,15 @@ class Addition(OperandTask):
     symbol = "+"
     small = {"n_digits": 1, "n_heldout": 10, "n_chain": 3}
 
-    def __init__(
-        self,
-        n_digits: int = 8,
-        leading_zeros: bool = False,
-        reverse_answer: bool = False,
-        loss_on: str = "all",
-        n_heldout: int = 2000,
-        seed: int = 0,
-        label_noise: float = 0.0,
-        n_chain: int = 0,
-        chain_prob: float = 0.0,
-    ):
-        self.n, self.n_chain = n_digits, n_chain
-        self.lo = 0 if leading_zeros else 10 ** (n_digits - 1)
-        self.hi = 10**n_digits - 1
-        self._setup((n_digits, n_digits), leading_zeros, reverse_answer, loss_on, n_heldout, seed, label_noise,
-                    chain_prob)
+    headline = {"val/chain_exact_min": "lowest over carry-chain lengths", "val/rule": "the rule"}
+
+    def __init__(self, cfg: AdditionConfig | None = None, seed: int = 0):
+        super().__init__(cfg, seed)
+        n = self.n = self.cfg.n_digits
+        self.n_chain = self.cfg.n_chain
+        self.lo = 0 if self.cfg.leading_zeros else 10 ** (n - 1)
+        self.hi = 10**n - 1
+        self._setup((n, n), self.cfg.chain_prob)
 
     @staticmethod
     def answer_digits(n: int, m: int) -> int:
@@ -120,6 +112,21 @@ class Addition(OperandTask):
 
     def answer_uniform_bits(self, k: int) -> np.ndarray:
         return np.array([1.0] + [log2(10)] * (k - 1))  # c_n is a carry: 0 or 1
+
+    def eval_metrics(self, scores: dict[str, Score]) -> dict[str, float]:
+        """val/chain_exact/<k> (sums whose longest carry chain is k digits), their minimum, and the rule:
+        the lower of that minimum and held-out exact match."""
+        out = super().eval_metrics(scores)
+        chains = {name.split("_")[1]: s.exact for name, s in scores.items() if name.startswith("chain_")}
+        out.update({f"val/chain_exact/{k}": v for k, v in chains.items()})
+        if chains:
+            out["val/chain_exact_min"] = min(chains.values())
+            out["val/rule"] = min(out["val/chain_exact_min"], scores["val"].exact)
+        return out
+
+    @classmethod
+    def metric_names(cls, cfg: AdditionConfig) -> list[str]:
+        return super().metric_names(cfg) + (["val/chain_exact_min", "val/rule"] if cfg.n_chain > 0 else [])
 
     @property
     def chain_pairs(self) -> dict[int, np.ndarray]:

@@ -1,11 +1,15 @@
-"""What every task provides (the contract), the registry, and the machinery of table tasks.
+"""What every task provides (the contract), the plan of what the stream sends, and the registry.
 
 A task is one module in `lab/tasks/` (or a package's entry point in the group `compression_lab.tasks`):
 a `Task` subclass decorated with `@register`, with its options as a `TaskConfig` subclass (typed
-fields, each with a docstring, and a `validate` that names the key of an impossible value). Nothing
-else needs to change: `lab.tasks` imports every module of the package, the config's `task` section is
-the chosen task's dataclass, `python -m lab tasks` lists it, and `tests/test_task_contract.py` checks it
-(with the small instance the task names in `small`).
+fields, each with a docstring, and a `validate` that names the key of an impossible value). The task
+is built from that dataclass (`Addition(AdditionConfig(n_digits=4), seed)`): its options are declared
+once. Nothing else needs to change: `lab.tasks` imports every module of the package, the config's
+`task` section is the chosen task's dataclass, `python -m lab tasks` lists it, and
+`tests/test_task_contract.py` checks it (with the small instance the task names in `small`).
+
+This package depends on numpy and `lab.errors` only (no torch, no `lab.config`): `lab.config` imports
+the registry, never the other way round.
 
 A task is a distribution over fixed-length token sequences whose law is known exactly. Sequences are
 rows of `T` tokens; the model reads tokens 0..T-2 and predicts targets 1..T-1, so every per-position
@@ -15,7 +19,7 @@ The transmitted stream (`lab.bits` states it once for the whole lab): the receiv
 algorithm (this class, the config, the seed's schedule of example ids), so the tokens in `known` cost
 nothing (the layout's `s + = e`, and for a table task the question x op y of the scheduled row). Every
 other target is sent: by the model when it is trained on (`loss_mask`), else by the task's exact law
-(`law_probs`), at exactly its floor.
+(`law_probs`), at exactly its floor. `Task.plan` says which, once, for every reader.
 
 Every training batch is a pure function of `(seed, step)`: a resumed run sees exactly the batches an
 uninterrupted one would, and all ranks of a multi-process run build the same global batch and each
@@ -26,13 +30,29 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
-import torch
 
-from lab.config import TaskConfig, check
+from lab.errors import check
+
+
+@dataclass
+class TaskConfig:
+    """What every task's options share; each task subclasses it with its own (`Task.Config`)."""
+
+    name: str = "addition"
+    """Which registered task (`python -m lab tasks` lists them)."""
+    loss_on: Literal["auto", "all", "answer"] = "auto"
+    """Targets trained on: all, answer, or auto (the task's default: addition all, tables answer)."""
+    label_noise: float = 0.0
+    """The answer replaced by a uniformly drawn wrong one with this probability, fixed per example."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the key of an impossible value (a task extends this)."""
+        check(0 <= self.label_noise < 1, "task.label_noise", f"{self.label_noise} is not in [0, 1)")
 
 
 @dataclass
@@ -54,40 +74,85 @@ class Batch:
         s = slice(bounds[rank], bounds[rank + 1])
         return Batch(self.x[s], self.ids[s], self.new[s])
 
-    def to_torch(self) -> dict[str, torch.Tensor]:
-        return {
-            "x": torch.from_numpy(self.x),
-            "ids": torch.from_numpy(self.ids),
-            "new": torch.from_numpy(self.new),
-        }
+
+class Plan:
+    """What the stream sends of one example and where each reader finds it: computed once from the task
+    (`Task.plan`) and read by the module, the bits callback, the coder, the evaluation and the two-part
+    code. Positions are target indices 0..T-2 (target t is token x[t + 1]).
+
+        8-digit addition, loss_on=answer (28 targets a7..a0 + b7..b0 = c8..c0 e, answer from target 18):
+        sent        the 16 operand digits and the 9 sum digits (25; `+ = e` are known)
+        by_model    the 9 sum digits (the operands are sent by their law)
+        trained     c8..c0 e (targets 18..27)
+        answer      c8..c0 e (targets 18..27; greedy generation produces them)
+        step_cols   what the training step's per-token loss covers: the model-sent positions and the
+                    answer (targets 18..27); model_cols, answer_cols: where each is among them
+
+    sent_mask, model_mask, law_mask: (T-1,) bool, a target sent at all, by the model, by the law.
+    sent (S,), by_model (S,) bool, trained (R,), answer (A,), step_cols (K,), model_cols (S_model,),
+    answer_cols (A,): int64 positions or columns.
+    """
+
+    def __init__(self, known: np.ndarray, loss_mask: np.ndarray, answer_start: int):
+        self.sent_mask = ~known[1:]  # (T-1,)
+        self.model_mask = self.sent_mask & loss_mask  # (T-1,) sent by the model being trained
+        self.law_mask = self.sent_mask & ~loss_mask  # (T-1,) sent by the task's exact law
+        self.sent = np.flatnonzero(self.sent_mask)  # (S,)
+        self.by_model = self.model_mask[self.sent]  # (S,)
+        self.trained = np.flatnonzero(loss_mask)  # (R,)
+        self.answer = np.arange(answer_start - 1, len(loss_mask))  # (A,)
+        self.step_cols = np.union1d(np.flatnonzero(self.model_mask), self.answer)  # (K,)
+        col = {int(t): k for k, t in enumerate(self.step_cols)}
+        self.model_cols = np.array([col[int(t)] for t in self.sent[self.by_model]], dtype=np.int64)
+        self.answer_cols = np.array([col[int(t)] for t in self.answer], dtype=np.int64)
+
+
+@dataclass
+class Score:
+    """One evaluation set's results under the current model (`lab.module` computes them).
+
+    n:         rows in the set
+    nats:      (T-1,) mean teacher-forced loss per target position, nats, float64
+    exact:     share of rows whose greedy-generated answer is the row's answer
+    certified: share of rows whose answer cost under 1 bit (greedy must produce it)
+    acc:       (A,) share right per answer position (of the generated answer)
+    """
+
+    n: float
+    nats: np.ndarray
+    exact: float
+    certified: float
+    acc: np.ndarray
 
 
 class Task:
-    """Base class. Subclasses set the attributes below in `__init__` and implement `schedule`,
-    `train_batch`, `layout`, `eval_sets` (and `law_probs` if some sent target is not trained on).
+    """Base class. Subclasses set the attributes below in `__init__` (after `super().__init__`) and
+    implement `schedule`, `train_batch`, `known_tokens`, `eval_sets` (and `law_probs` if some sent
+    target is not trained on; `eval_metrics` and `metric_names` for evaluation sets of their own).
 
     Class attributes (set by the subclass, read before any instance exists):
     name:            the registered name (`task.name`)
-    Config:          its options, a `TaskConfig` subclass; `from_config` passes each field (but name)
-                     to `__init__` as a keyword, with `seed`
+    Config:          its options, a `TaskConfig` subclass; `Task(cfg, seed)` builds the task of them
     default_loss_on: what `task.loss_on=auto` means for this task
     significance:    True if the task gives digit significance ids (`coupled_ids`), needed by the
                      coupled and rotary position embeddings
     small:           options of a small instance whose law can be enumerated (`exact_law`), for the tests
+    is_table:        True if the task is a fixed table revisited for many epochs (`lab.tasks.table`)
+    headline:        {metric: label} of the task's own metrics the evaluation line and the done line show
 
     Instance attributes (set in `__init__`):
 
+    cfg, seed:     the options and the seed it was built from; loss_on: "auto" resolved
     vocab:         list of token strings; token id = index
     seq_len:       T, tokens per example
     answer_start:  index of the first answer token; greedy generation starts here
     target_names:  (T-1,) a short name per predicted position, e.g. "a7", "+", "c8"
     loss_mask:     (T-1,) bool, positions that are trained on (and coded by the model, unless known)
-    known:         (T,) bool, tokens the receiver knows from the layout and the schedule (`layout`);
+    known:         (T,) bool, tokens the receiver knows from the layout and the schedule (`known_tokens`);
                    the first token must be one of them (it is never predicted)
     floor_bits:    (T-1,) float64, exact entropy H(x_t | x_<t, what is known) in bits under the
                    stream's law (0 at known positions)
     uniform_bits:  (T-1,) float64, log2 of the number of values a sent position can take (0 if known)
-    finite:        True if the task is a fixed table revisited for many epochs
     coupled_ids:   (T-1,) int64 or None, a position id per *input* position t (the model reads x[t]
                    and predicts x[t+1]) that is shared by positions handling digits of equal
                    significance (position coupling); 0 = no significance. None: the task has none.
@@ -101,7 +166,6 @@ class Task:
     known: np.ndarray
     floor_bits: np.ndarray
     uniform_bits: np.ndarray
-    finite: bool = False
     coupled_ids: np.ndarray | None = None
 
     name: str = ""
@@ -109,14 +173,19 @@ class Task:
     default_loss_on: str = "all"
     significance: bool = False
     small: dict = {}
+    is_table: bool = False
+    headline: dict[str, str] = {}
+
+    def __init__(self, cfg: TaskConfig | None = None, seed: int = 0):
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.seed = seed
+        self.loss_on = self.default_loss_on if self.cfg.loss_on == "auto" else self.cfg.loss_on
+        self.label_noise = self.cfg.label_noise
 
     @classmethod
-    def from_config(cls, cfg: TaskConfig, seed: int) -> Task:
-        """The task of a config's `task` section: each option as a keyword, `loss_on=auto` resolved."""
-        kw = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "name"}
-        if kw.get("loss_on") == "auto":
-            kw["loss_on"] = cls.default_loss_on
-        return cls(**kw, seed=seed)
+    def of(cls, seed: int = 0, **options) -> Task:
+        """The task with these options (the rest at their defaults): `Addition.of(n_digits=2)`."""
+        return cls(cls.Config(**options), seed)
 
     @classmethod
     def summary(cls) -> str:
@@ -134,30 +203,15 @@ class Task:
         """How many tokens the model reads at once (all but the last)."""
         return self.seq_len - 1
 
-    @property
-    def answer_positions(self) -> np.ndarray:
-        """Target indices of the answer tokens (what greedy generation produces)."""
-        return np.arange(self.answer_start - 1, self.seq_len - 1)
-
-    @property
-    def sent(self) -> np.ndarray:
-        """(T-1,) bool: targets the stream transmits (every target the receiver does not know)."""
-        return ~self.known[1:]
-
-    @property
-    def model_coded(self) -> np.ndarray:
-        """(T-1,) bool: sent targets coded by the model being trained (trained on, not known)."""
-        return self.sent & self.loss_mask
-
-    @property
-    def law_coded(self) -> np.ndarray:
-        """(T-1,) bool: sent targets the model is not trained on, coded by the task's exact law."""
-        return self.sent & ~self.loss_mask
+    @cached_property
+    def plan(self) -> Plan:
+        """What the stream sends and by what (`Plan`), computed once."""
+        return Plan(self.known, self.loss_mask, self.answer_start)
 
     @property
     def floor_bits_per_example(self) -> float:
         """The aleatoric floor of one example: the entropy of everything the stream sends for it."""
-        return float(self.floor_bits[self.sent].sum())
+        return float(self.floor_bits[self.plan.sent].sum())
 
     @property
     def char_len(self) -> np.ndarray:
@@ -172,8 +226,8 @@ class Task:
         """One example as a line of text: the predicted tokens, as the classical compressors see them."""
         return "".join(self.token_text(int(t)) for t in row[1:])
 
-    def decode(self, row: np.ndarray) -> str:
-        """Token ids to a readable string (every token, the unpredicted first one included)."""
+    def show(self, row: np.ndarray) -> str:
+        """Token ids as readable tokens, space-separated (every token, the unpredicted first one included)."""
         return " ".join(self.vocab[int(t)] for t in row)
 
     # -- data -----------------------------------------------------------------------------------------
@@ -190,20 +244,20 @@ class Task:
         """Global batch `step`: a pure function of (seed, step), never holding a held-out example."""
         raise NotImplementedError
 
-    def layout(self, ids: np.ndarray) -> np.ndarray:
+    def known_tokens(self, ids: np.ndarray) -> np.ndarray:
         """(B,) example ids -> (B, T) int64 rows holding the known tokens (0 elsewhere): what a receiver
         knows of each example before decoding it."""
         raise NotImplementedError
 
     def law_probs(self, x: np.ndarray, t: int) -> np.ndarray:
-        """(B, T) rows and a law-coded target t -> (B, V) float64: the exact law of x[:, t+1] given
-        x[:, :t+1] under the stream's sampling law. Needed only where `law_coded` has positions."""
+        """(B, T) rows and a law-sent target t -> (B, V) float64: the exact law of x[:, t+1] given
+        x[:, :t+1] under the stream's sampling law. Needed only where `plan.law_mask` has positions."""
         raise NotImplementedError(f"{type(self).__name__} has no law for target {self.target_names[t]}")
 
     def law_bits(self, x: np.ndarray) -> np.ndarray:
-        """(B, T) rows -> (B, T-1) float64: -log2 of each law-coded target under the law (0 elsewhere)."""
+        """(B, T) rows -> (B, T-1) float64: -log2 of each law-sent target under the law (0 elsewhere)."""
         out = np.zeros((len(x), self.seq_len - 1))
-        for t in np.flatnonzero(self.law_coded):
+        for t in np.flatnonzero(self.plan.law_mask):
             p = self.law_probs(x, t)  # (B, V)
             out[:, t] = -np.log2(p[np.arange(len(x)), x[:, t + 1]])
         return out
@@ -217,9 +271,25 @@ class Task:
             parts.append(ids[new])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    # -- evaluation -----------------------------------------------------------------------------------
     def eval_sets(self) -> dict[str, np.ndarray]:
-        """Named evaluation sets, each (N, T) int64: always "val" (held-out), "train" for finite tasks."""
+        """Named evaluation sets, each (N, T) int64: always "val" (held-out), "train" for table tasks,
+        "val_clean" (the held-out rows with their true answers) under label noise, and the task's own."""
         raise NotImplementedError
+
+    def eval_metrics(self, scores: dict[str, Score]) -> dict[str, float]:
+        """The metrics of the evaluation sets beyond "val" and "train" (which the module scores the same
+        way for every task): here `val/clean_exact_match`; a task with sets of its own extends this."""
+        return {"val/clean_exact_match": scores["val_clean"].exact} if "val_clean" in scores else {}
+
+    @classmethod
+    def metric_names(cls, cfg: TaskConfig) -> list[str]:
+        """The evaluation shares (in [0, 1]) a run of this task with options `cfg` logs, which
+        `train.stop_metric` may watch."""
+        names = ["val/exact_match", "val/certified_exact"]
+        if cls.is_table:
+            names += ["train/exact_match", "train/certified_exact"]
+        return names + (["val/clean_exact_match"] if cfg.label_noise > 0 else [])
 
     def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
         """The stream's law of one sent example, enumerated: (N, T) int64 rows, (N,) float64
@@ -234,192 +304,6 @@ def noise_floor(eps: float, k: int) -> float:
         return 0.0
     h = -eps * math.log2(eps) - (1 - eps) * math.log2(1 - eps) if eps < 1 else 0.0
     return h + eps * log2(k - 1)
-
-
-@dataclass
-class TableConfig(TaskConfig):
-    """Options of every table task (`Finite`): how the train split reaches the model."""
-
-    arrival: Literal["none", "uniform", "geometric"] = "none"
-    """none: the whole train split from step 0, revisited in seeded epochs (its code ends with the first
-    pass); uniform or geometric: its rows arrive over arrival_steps (uniform: at a constant rate;
-    geometric: the arrived set grows by a constant factor a step), each coded once at its arrival, while
-    it is still a held-out row."""
-    arrival_steps: int = 2000
-    """arrival: the step by which the last row has arrived (later if a batch cannot carry them)."""
-    arrival_start: float = 0.0
-    """arrival: share of the train split that arrives first (at most a batch a step, from step 0);
-    geometric grows from max(1, this share) rows."""
-
-    def validate(self) -> None:
-        super().validate()
-        check(self.arrival_steps >= 1, "task.arrival_steps", f"{self.arrival_steps} is not >= 1")
-        check(0 <= self.arrival_start < 1, "task.arrival_start", f"{self.arrival_start} is not in [0, 1)")
-
-
-class Finite(Task):
-    """A table of examples with a seeded train / held-out split, revisited for many epochs.
-
-    `_build` makes the layout `x op y = z` over K element tokens (one token per element, then the op
-    token and `=`); the question `x op y =` is the scheduled row's layout (known), only z is sent.
-
-    table:        (N, 5) int64, every example (answers with their label noise, fixed per example)
-    train_idx:    (n_train,) table indices of the train split; val_idx the rest (held out)
-    clean_answers (N,) the answers without label noise
-    eval_ids():   {set name: table indices of its rows}, for the sets of `eval_sets`
-
-    Training walks the train split in a fresh seeded order each epoch; an example is `new` (enters the
-    code length) only in epoch 0. With an arrival schedule (`TableConfig.arrival`) the train split's rows
-    arrive instead, in the seeded order of epoch 0, over `arrival_steps` steps: each batch holds the
-    step's arrivals (new: coded once, before the step) and fills the rest of the batch with revisits drawn
-    without replacement from the rows arrived before it (free: the receiver has them). Once every row has
-    arrived, each batch is a seeded draw from the whole split. Every arrival is a uniformly drawn table
-    row the model has never trained on: at its arrival it is a held-out row.
-
-        n_train 10, batch 4, arrival=uniform, arrival_steps=4, arrival_start=0.25:
-        rows arrived by the end of steps 0..3 (`arrived`): [4, 6, 8, 10] (2 at the start share, + 8 (k+1) / 4)
-        step 0: the first 4 rows of the order, all new
-        steps 1-3: the next 2 rows (new) + 2 revisits of the rows arrived before the step
-        step 4 on: 4 of the 10 rows, drawn without replacement, none new
-    """
-
-    finite = True
-    default_loss_on = "answer"
-    arrival, arrival_steps, arrival_start = "none", 2000, 0.0  # (`_set_arrival`)
-
-    def _build(self, names: list[str], symbol: str, x: np.ndarray, y: np.ndarray, z: np.ndarray,
-               train_fraction: float, loss_on: str, label_noise: float, seed: int) -> None:
-        """The layout `x op y = z` over K = len(names) element tokens (token i is element i), then the
-        op token and `=`; the table's rows are (x, y, z), z the clean answer (K possible values). Sets
-        vocabulary, layout, table, split, label noise, floors and loss mask."""
-        K = len(names)
-        self.vocab = names + [symbol, "="]
-        self.seq_len, self.answer_start = 5, 4
-        self.target_names = ["o", "y", "=", "z"]
-        col = lambda tok: np.full(len(x), tok, dtype=np.int64)  # noqa: E731
-        table = np.stack([x, col(K), y, col(K + 1), z], axis=1).astype(np.int64)  # (N, 5)
-        self.answer_tokens, self.answer_index = np.arange(K), z
-        self._split(table, train_fraction, seed)
-        self.label_noise = label_noise
-        self._add_label_noise(label_noise, K, seed)
-        self.known = np.array([True, True, True, True, False])  # the question x op y = is the row's layout
-        self.floor_bits = np.array([0.0, 0.0, 0.0, noise_floor(label_noise, K)])  # H(z | x, y)
-        self.uniform_bits = np.array([0.0, 0.0, 0.0, log2(K)])
-        self.loss_mask = np.array([loss_on == "all", loss_on == "all", loss_on == "all", True])
-
-    def _set_arrival(self, arrival: str = "none", arrival_steps: int = 2000, arrival_start: float = 0.0) -> None:
-        """The arrival schedule of the train split (`TableConfig`); "none": the whole split from step 0."""
-        self.arrival, self.arrival_steps, self.arrival_start = arrival, arrival_steps, arrival_start
-
-    def arrived(self, batch_size: int) -> np.ndarray:
-        """(K,) int64: train rows arrived by the end of each step 0..K-1, through the step K-1 where the
-        last arrives: the law's curve n * f((k + 1) / arrival_steps), at most `batch_size` arrivals a step
-        (a backlog arrives in the next steps). Uniform: f(u) = s + (1 - s) u; geometric: the arrived set
-        grows by a constant factor a step, from n0 = max(1, s n) rows to n (it doubles at equal intervals,
-        as Blier & Ollivier's blocks); s = arrival_start. Without arrivals: today's first pass."""
-        cache = self.__dict__.setdefault("_arrived", {})  # batch size -> the curve (computed once)
-        if batch_size in cache:
-            return cache[batch_size]
-        n, S, s = len(self.train_idx), self.arrival_steps, self.arrival_start
-        if self.arrival == "none":
-            curve = np.full(1, n)
-        elif self.arrival == "uniform":  # exact integers: ceil(n0 + (n - n0) (k + 1) / S)
-            n0 = math.floor(s * n)
-            k = np.arange(1, S + 1, dtype=np.int64)
-            curve = n0 + ((n - n0) * k + S - 1) // S
-        else:  # geometric
-            n0 = max(1, round(s * n))
-            u = np.arange(1, S + 1) / S
-            curve = np.ceil(n * (n0 / n) ** (1 - u) - 1e-9).astype(np.int64)
-        curve = np.minimum(np.maximum(curve, 1), n)
-        curve[-1] = n
-        out, a = [], 0
-        while a < n:
-            a = min(int(curve[min(len(out), len(curve) - 1)]), a + batch_size)
-            out.append(a)
-        cache[batch_size] = np.array(out, dtype=np.int64)
-        return cache[batch_size]
-
-    def n_arrived(self, steps: int, batch_size: int) -> int:
-        """Train rows arrived in steps 0..steps-1."""
-        a = self.arrived(batch_size)
-        return 0 if steps <= 0 else int(a[min(steps, len(a)) - 1])
-
-    def _split(self, table: np.ndarray, train_fraction: float, seed: int) -> None:
-        self.table = table  # (N, T)
-        perm = rng_for(seed, 3).permutation(len(table))
-        n_train = round(train_fraction * len(table))
-        self.train_idx, self.val_idx = perm[:n_train], perm[n_train:]
-
-    def _add_label_noise(self, eps: float, k: int, seed: int) -> None:
-        """Replace the answer (last token) by a uniformly drawn wrong one w.p. eps, fixed per example."""
-        self.clean_answers = self.table[:, -1].copy()
-        if eps > 0:
-            rng = rng_for(seed, 2)
-            flip = rng.random(len(self.table)) < eps
-            shift = rng.integers(1, k, size=len(self.table))  # 1..k-1: never the right answer
-            self.table[flip, -1] = self.answer_tokens[(self.answer_index[flip] + shift[flip]) % k]
-
-    def table_size(self) -> int:
-        return len(self.table)
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return math.ceil(len(self.train_idx) / batch_size)
-
-    def batch_size(self, requested: int) -> int:
-        return requested or len(self.train_idx)  # 0: the whole train split
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """(n_train,) table indices of the train split in the seeded order of `epoch`."""
-        return self.train_idx[rng_for(self.seed, 4, epoch).permutation(len(self.train_idx))].astype(np.int64)
-
-    def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.arrival == "none":
-            epoch, j = divmod(step, self.steps_per_epoch(batch_size))
-            ids = self._epoch_order(epoch)[j * batch_size : (j + 1) * batch_size]
-            return ids, np.full(len(ids), epoch == 0)
-        before, after = self.n_arrived(step, batch_size), self.n_arrived(step + 1, batch_size)
-        order = self._epoch_order(0)  # the arrival order
-        k = min(batch_size - (after - before), before)  # revisits: the rest of the batch, of rows arrived before
-        revisit = rng_for(self.seed, 5, step).choice(before, size=k, replace=False) if k else np.zeros(0, np.int64)
-        ids = np.concatenate([order[before:after], order[revisit]])  # (B,) arrivals first
-        return ids, np.arange(len(ids)) < after - before
-
-    def train_batch(self, step: int, batch_size: int) -> Batch:
-        ids, new = self.schedule(step, batch_size)
-        return Batch(self.table[ids], ids, new)
-
-    def layout(self, ids: np.ndarray) -> np.ndarray:
-        return np.where(self.known, self.table[ids], 0)  # (B, T) the question, answer unknown
-
-    def sent_ids(self, steps: int, batch_size: int) -> np.ndarray:
-        """The train split in the seeded order of epoch 0, as far as it has been sent (first pass, or
-        arrivals); revisits send nothing new."""
-        return self._epoch_order(0)[: self.n_arrived(steps, batch_size)]
-
-    def eval_sets(self) -> dict[str, np.ndarray]:
-        sets = {"val": self.table[self.val_idx], "train": self.table[self.train_idx]}
-        if (self.table[:, -1] != self.clean_answers).any():  # label noise: also score the true rule
-            clean = self.table[self.val_idx].copy()
-            clean[:, -1] = self.clean_answers[self.val_idx]
-            sets["val_clean"] = clean
-        return sets
-
-    def eval_ids(self) -> dict[str, np.ndarray]:
-        return {"val": self.val_idx, "train": self.train_idx, "val_clean": self.val_idx}
-
-    def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
-        """A train row, uniformly; its answer right w.p. 1 - eps, else one of the K - 1 others."""
-        K = len(self.answer_tokens)
-        rows = self.table[self.train_idx].copy()  # (n, 5)
-        rows[:, -1] = self.clean_answers[self.train_idx]
-        eps = self.label_noise
-        if eps == 0:
-            return rows, np.full(len(rows), 1.0 / len(rows))
-        out = np.repeat(rows, K, axis=0)  # (n K, 5) every answer after every question
-        out[:, -1] = np.tile(self.answer_tokens, len(rows))
-        right = out[:, -1] == np.repeat(rows[:, -1], K)
-        return out, np.where(right, 1 - eps, eps / (K - 1)) / len(rows)
 
 
 TASKS: dict[str, type[Task]] = {}

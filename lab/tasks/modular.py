@@ -17,7 +17,7 @@ uniformly; the answer's floor becomes H(eps) + eps log2(p - 1) bits.
 The table is every valid (x, y); a seeded permutation puts `train_fraction` of it in the train split
 and the rest in the held-out ("val") split. Training walks the train split in a fresh seeded order each
 epoch; an example is `new` (enters the code length) only in epoch 0. With `arrival` the train rows arrive
-over the run instead (`lab.tasks.base.Finite`), so the code covers the whole of training.
+over the run instead (`lab.tasks.table.TableTask`), so the code covers the whole of training.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import Literal
 
 import numpy as np
 
-from lab.config import check
-from lab.tasks.base import Finite, TableConfig, register
+from lab.errors import check
+from lab.tasks.base import register
+from lab.tasks.table import TableConfig, TableTask
 
 
 def _inverses(p: int) -> np.ndarray:
@@ -69,8 +70,6 @@ class ModularConfig(TableConfig):
     """The operation, one of Power et al.'s (x/y and the odd/even one need p prime)."""
     p: int = 97
     """The modulus: residues 0..p-1, one token each."""
-    train_fraction: float = 0.3
-    """Share of the table in the train split (the rest is held out)."""
 
     def validate(self) -> None:
         super().validate()
@@ -78,37 +77,33 @@ class ModularConfig(TableConfig):
         check(self.p <= 10_000, "task.p", f"{self.p} is more than 10,000 (the table has p^2 rows in memory)")
         if self.op in DIVIDES:
             check(is_prime(self.p), "task.p", f"{self.p} is not prime; {self.op} needs inverses mod p")
-        check(0 < self.train_fraction < 1, "task.train_fraction", f"{self.train_fraction} is not in (0, 1)")
         n = self.p * (self.p - 1 if OPS[self.op][1] else self.p)
         check(1 <= round(self.train_fraction * n) < n, "task.train_fraction",
               f"{self.train_fraction} leaves an empty split of the {n} examples")
 
 
 @register
-class Modular(Finite):
+class Modular(TableTask):
     name = "modular"
     Config = ModularConfig
     small = {"p": 5, "train_fraction": 0.6}
 
-    def __init__(
-        self,
-        op: str = "x+y",
-        p: int = 97,
-        train_fraction: float = 0.3,
-        loss_on: str = "answer",
-        label_noise: float = 0.0,
-        arrival: str = "none",
-        arrival_steps: int = 2000,
-        arrival_start: float = 0.0,
-        seed: int = 0,
-    ):
+    def __init__(self, cfg: ModularConfig | None = None, seed: int = 0):
+        super().__init__(cfg, seed)
+        op, p = self.op, self.p = self.cfg.op, self.cfg.p
         symbol, nonzero_y, fn = OPS[op]
-        self.op, self.p, self.seed, self.symbol = op, p, seed, symbol
+        self.symbol = symbol
         ys = np.arange(1 if nonzero_y else 0, p)
         x, y = (g.ravel() for g in np.meshgrid(np.arange(p), ys, indexing="ij"))  # (N,), (N,)
         z = fn(x, y, p, _inverses(p))  # residue r is token r
-        self._build([str(i) for i in range(p)], symbol, x, y, z, train_fraction, loss_on, label_noise, seed)
-        self._set_arrival(arrival, arrival_steps, arrival_start)
+        self._build([str(i) for i in range(p)], symbol, x, y, z)
+
+    def cyclic_phase(self) -> tuple[int, np.ndarray] | None:
+        """x + y and x - y mod p: the answer is the phase itself (Nanda et al.'s Fourier circuit)."""
+        if self.op not in ("x+y", "x-y"):
+            return None
+        x, y = self.table[:, 0], self.table[:, 2]
+        return self.p, (x + y) % self.p if self.op == "x+y" else (x - y) % self.p
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (int(t) for t in row)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.config import TaskConfig, check
-from lab.tasks.base import register
+from lab.errors import check
+from lab.tasks.base import TaskConfig, register
 from lab.tasks.operands import OperandTask
 
 
@@ -67,10 +67,9 @@ class Multiplication(OperandTask):
     symbol = "*"
     small = {"n_digits": 2, "m_digits": 1, "n_heldout": 8}
 
-    def __init__(self, n_digits: int = 3, m_digits: int = 2, leading_zeros: bool = False,
-                 reverse_answer: bool = False, loss_on: str = "all", n_heldout: int = 1000, seed: int = 0,
-                 label_noise: float = 0.0):
-        self._setup((n_digits, m_digits), leading_zeros, reverse_answer, loss_on, n_heldout, seed, label_noise)
+    def __init__(self, cfg: MultiplicationConfig | None = None, seed: int = 0):
+        super().__init__(cfg, seed)
+        self._setup((self.cfg.n_digits, self.cfg.m_digits))
 
     @staticmethod
     def answer_digits(n: int, m: int) -> int:

@@ -186,12 +186,14 @@ class OperandTask(Task):
         they are excluded from the stream like the held-out set."""
         return {}
 
-    def _setup(self, widths: tuple[int, int], leading_zeros: bool, reverse_answer: bool, loss_on: str,
-               n_heldout: int, seed: int, label_noise: float, chain_prob: float = 0.0) -> None:
+    def _setup(self, widths: tuple[int, int], chain_prob: float = 0.0) -> None:
+        """Layout, loss mask, held-out and extra sets, the stream's law and the floors, from `self.cfg`
+        (leading_zeros, reverse_answer, n_heldout) and the operands' widths."""
         n, m = self.widths = widths
         k = self.answer_digits(n, m)
-        self.leading_zeros, self.reverse_answer = leading_zeros, reverse_answer
-        self.seed, self.label_noise = seed, label_noise
+        cfg, seed, label_noise = self.cfg, self.seed, self.label_noise
+        leading_zeros = self.leading_zeros = cfg.leading_zeros
+        reverse_answer = self.reverse_answer = cfg.reverse_answer
         self.vocab = DIGITS + ["s", "e", self.symbol, "="]
         self.seq_len = n + m + k + 4
         self.answer_start = n + m + 3
@@ -204,11 +206,11 @@ class OperandTask(Task):
         self.known[[0, n + 1, n + m + 2, self.seq_len - 1]] = True  # s OP = e
         self.digit_cols = np.r_[1 : n + 1, n + 2 : n + m + 2]  # token columns of the n + m operand digits
         self.loss_mask = np.ones(self.seq_len - 1, dtype=bool)
-        if loss_on == "answer":
+        if self.loss_on == "answer":
             self.loss_mask[: self.answer_start - 1] = False
 
         self.law = OperandLaw(widths, leading_zeros, np.zeros((0, 2), dtype=np.int64), chain_prob)  # (for sampling)
-        self.heldout_pairs = self._draw_heldout(n_heldout)
+        self.heldout_pairs = self._draw_heldout(cfg.n_heldout)
         taken = set(map(tuple, self.heldout_pairs.tolist()))
         self.extra_pairs = self._extra_sets(taken)
         excluded = np.concatenate([self.heldout_pairs, *self.extra_pairs.values()])  # never in the stream
@@ -286,7 +288,7 @@ class OperandTask(Task):
     def schedule(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         return step * batch_size + np.arange(batch_size, dtype=np.int64), np.ones(batch_size, dtype=bool)
 
-    def layout(self, ids: np.ndarray) -> np.ndarray:
+    def known_tokens(self, ids: np.ndarray) -> np.ndarray:
         row = np.zeros(self.seq_len, dtype=np.int64)
         row[self.known] = [S, OP, EQ, E]
         return np.repeat(row[None], len(ids), axis=0)  # (B, T)

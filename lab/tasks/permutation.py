@@ -9,7 +9,7 @@ Token layout: one token per permutation (index in lexicographic order of the 120
 
 The table holds all 120 x 120 pairs (14,400 examples); the answer's floor is 0, or
 H(eps) + eps log2 119 with label noise eps. The train/held-out split, the epochs and the arrivals work as
-for the modular tasks (`lab.tasks.base.Finite`).
+for the modular tasks (`lab.tasks.table.TableTask`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from lab.config import check
-from lab.tasks.base import Finite, TableConfig, register
+from lab.tasks.base import register
+from lab.tasks.table import TableConfig, TableTask
 
 PERMS = np.array(list(itertools.permutations(range(5))))  # (120, 5)
 INDEX = {tuple(p): i for i, p in enumerate(PERMS.tolist())}
@@ -52,31 +52,23 @@ class PermutationConfig(TableConfig):
     """Which registered task (`python -m lab tasks` lists them)."""
     op: OpName = "x*y"
     """The operation on S5 (composition (x*y)(i) = x(y(i)))."""
-    train_fraction: float = 0.3
-    """Share of the 14,400-row table in the train split (the rest is held out)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check(0 < self.train_fraction < 1, "task.train_fraction", f"{self.train_fraction} is not in (0, 1)")
 
 
 @register
-class Permutation(Finite):
+class Permutation(TableTask):
     name = "permutation"
     Config = PermutationConfig
     small = {"train_fraction": 0.02}
 
-    def __init__(self, op: str = "x*y", train_fraction: float = 0.3, loss_on: str = "answer",
-                 label_noise: float = 0.0, arrival: str = "none", arrival_steps: int = 2000,
-                 arrival_start: float = 0.0, seed: int = 0):
-        self.op, self.seed = op, seed
+    def __init__(self, cfg: PermutationConfig | None = None, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.op = self.cfg.op
         n = len(PERMS)
         x, y = (g.ravel() for g in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))  # (N,), (N,)
-        zp = OPS[op](PERMS[x], PERMS[y])  # (N, 5)
+        zp = OPS[self.op](PERMS[x], PERMS[y])  # (N, 5)
         z = np.array([INDEX[tuple(p)] for p in zp.tolist()])
         names = ["".join(map(str, p)) for p in PERMS.tolist()]
-        self._build(names, "*", x, y, z, train_fraction, loss_on, label_noise, seed)
-        self._set_arrival(arrival, arrival_steps, arrival_start)
+        self._build(names, "*", x, y, z)
 
     def to_text(self, row: np.ndarray) -> str:
         x, _, y, _, z = (self.vocab[int(t)] for t in row)
