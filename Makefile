@@ -5,6 +5,7 @@ ARGS    ?=
 
 SWEEP   ?= configs/sweeps/grokking.yaml
 RUN     ?=
+WORKERS ?= 2
 
 .PHONY: help install test test-full lint addition addition-uniform grokking grokking-arrivals sweep report dashboard clean
 
@@ -17,11 +18,11 @@ install: ## create .venv: torch pinned by constraints.txt first (the CPU wheel),
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 
-test: ## fast test suite (excludes tests marked slow)
-	$(PY) -m pytest -q -m "not slow"
+test: ## fast test suite (excludes tests marked slow), in WORKERS processes (pytest-xdist; CI has 2 cores)
+	$(PY) -m pytest -q -m "not slow" -n $(WORKERS)
 
 test-full: ## every test, the slow ones included
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS)
 
 lint: ## ruff (CI runs it before the tests)
 	$(PY) -m ruff check .

@@ -5,7 +5,7 @@
     python experiments/bench_addition.py configs/addition.yaml model.position=absolute --label no-coupling
     python experiments/bench_addition.py --vs-raw --steps 60          # Lightning + callbacks vs a raw loop
 
-Learning mode: one full run per seed (`lab.train`, every callback the lab uses, bits included; no
+Learning mode: one full run per seed (`lab.run`, every callback the lab uses, bits included; no
 progress bar or wandb), stopping at the config's stop rule or at the budget (`--rule` stops at the rule
 instead: 99% exact match on held-out sums and on every carry-chain length, `val/rule`). Per seed it
 prints examples/s and tokens/s (training only: evaluation time excluded), then for 50%, 90% and 99%
@@ -45,7 +45,7 @@ from lab.bits import PrequentialCode  # noqa: E402
 from lab.build import build  # noqa: E402
 from lab.config import Config, load  # noqa: E402
 from lab.loggers import read_metrics  # noqa: E402
-from lab.train import train  # noqa: E402
+from lab.run import train  # noqa: E402
 
 LEVELS = (0.5, 0.9, 0.99)
 RULE = 0.99  # the rule: exact match on held-out sums and on every carry-chain length (val/rule)

@@ -3,7 +3,7 @@
     python experiments/stream_check.py [--steps 6] [--only addition grokking ...]
 
 For each configuration (every file in configs/ with a small batch, then the option grid of each task):
-train `--steps` batches with `lab.train` (bits callback included), arithmetic-code the same examples
+train `--steps` batches with `lab.run` (bits callback included), arithmetic-code the same examples
 with `lab compress`'s coder, decode them and compare with the stream as text. Prints, per row, the
 logged bits/total, the coder's ideal code length (sum of -log2 q of what it coded), the code's size,
 the ratio file / logged and whether the round trip is exact. The lab promises file = logged to within
@@ -24,8 +24,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from lab.coder import compress, decompress, dump  # noqa: E402
 from lab.config import Config, load  # noqa: E402
+from lab.run import train  # noqa: E402
 from lab.tasks import TASKS  # noqa: E402
-from lab.train import train  # noqa: E402
 
 QUIET = ["log.wandb=false", "log.progress_bar=false", "train.threads=1"]
 # a few small batches of each config's own model and task: every file in configs/ (a new one needs no entry

@@ -47,7 +47,7 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: list[str]) -> int:
-    from lab.train import resume_config, train
+    from lab.run import resume_config, train
 
     ap = _parser("train", "Train a run, or resume one (train.resume=RUN_DIR). A CONFIG is a YAML file "
                  "(configs/*.yaml); key=value overrides it.", config_keys=True)
@@ -70,9 +70,9 @@ def cmd_train(args: list[str]) -> int:
               f" + epistemic {s['bits/epistemic'] / 1e6:.3f} Mbit | {s['run_dir']}")
         marks = s.get("marks")
         if marks:
-            acc, dl = marks["val_acc_0.9"], marks["dl_half"]
-            print(f"validation accuracy reached 0.9 at step {acc}; dl/table fell half-way from raw to final "
-                  f"at step {dl}; wall time {s['wall_seconds_this_session']} s; figure {s['run_dir']}/grokking.png")
+            at = lambda step: "not yet" if step is None else f"at step {step:.0f}"  # noqa: E731
+            print(f"validation accuracy 0.9: {at(marks['val_acc_0.9'])}; dl/table half-way from raw to final: "
+                  f"{at(marks['dl_half'])}; figure {s['run_dir']}/grokking.png")
         if s["interrupted"]:
             print(f"stopped; continue with: python -m lab train train.resume={s['run_dir']}", flush=True)
     if s["interrupted"]:  # 128 + the signal's number, as a shell reports a process a signal stopped
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...]")
     ns = parser.parse_args(argv)
     from lab.bits import NonFiniteError
-    from lab.train import NothingToDo
+    from lab.run import NothingToDo
 
     try:
         return COMMANDS[ns.command](ns.args)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class Checkpoints(L.Callback):
@@ -198,10 +200,8 @@ class ProgressBar(TQDMProgressBar):
         return " | ".join(parts)
 
     def init_train_tqdm(self):
-        bar = super().init_train_tqdm()
-        bar.unit = "step"
-        bar.bar_format = "{desc} [{elapsed}, {rate_fmt}{postfix}]"
-        return bar
+        return Tqdm(desc="", disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+                    unit="step", bar_format="{desc} [{elapsed}, {rate_fmt}{postfix}]")
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         bar = self.train_progress_bar
@@ -218,9 +218,7 @@ class ProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        return Tqdm(disable=True)  # (created disabled: nothing printed for an evaluation but its line)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)

@@ -101,7 +101,7 @@ class Codec:
     and the coding of each batch's sent tokens, position by position (`code`)."""
 
     def __init__(self, cfg: Config):
-        if cfg.train.devices != 1 or cfg.train.precision != "32":
+        if cfg.train.devices * cfg.train.num_nodes != 1 or cfg.train.precision != "32":
             raise ConfigError("train.devices: compression runs one process in fp32")
         b = build(cfg)  # the same initial weights as `lab train`
         self.cfg, self.task, self.module, self.batch_size = cfg, b.task, b.module, b.batch_size

@@ -42,8 +42,10 @@ PRESETS = {
 
 @dataclass
 class ModelConfig:
-    preset: str = "gpt-micro"
-    """Model sizes by name (lab.config.PRESETS); n_layer, n_head and n_embd below override it."""
+    preset: Literal[tuple(PRESETS)] = "gpt-micro"
+    """Model sizes by name (n_layer, n_head, n_embd: gpt-mini 6, 6, 192 (the reference's); gpt-micro 4, 4,
+    128; gpt-nano 3, 3, 48; grok 2, 4, 128 (Power et al.); grok-1l 1, 4, 128); the fields below override
+    it."""
     n_layer: int | None = None
     """Transformer blocks (None: the preset's)."""
     n_head: int | None = None
@@ -114,7 +116,11 @@ class TrainConfig:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     """Where to train."""
     devices: int = 1
-    """Processes; > 1 runs DDP with the global batch split over them."""
+    """Processes on this machine; > 1 runs DDP with the global batch split over them."""
+    num_nodes: int = 1
+    """Machines; > 1 runs DDP over devices x num_nodes processes, one `python -m lab train` started on each
+    node by torchrun or SLURM's srun (Lightning reads their environment; docs/cluster.md). Needs log.name
+    (or train.resume): the run directory every node shares."""
     checkpoint_every: int = 1000
     """Steps between periodic checkpoints (last.ckpt is also written at every stop)."""
     keep_checkpoints: int = 3
@@ -138,7 +144,9 @@ class LogConfig:
     group: str | None = None
     """wandb group (None: the run's name)."""
     progress_bar: bool = True
-    """Show the progress bar."""
+    """Show the progress bar (on a terminal; a log file gets the one line per evaluation alone)."""
+    verbose: bool = False
+    """Also print Lightning's own messages (accelerators found, why fit stopped)."""
 
 
 @dataclass
@@ -285,7 +293,6 @@ def validate(cfg: Config) -> None:
     check(0 <= cfg.seed < 2**32, "seed", f"{cfg.seed} is not in [0, 2^32)")
     t.validate()
 
-    check(m.preset in PRESETS, "model.preset", f"unknown preset {m.preset!r}; choose from {list(PRESETS)}")
     for key in ("n_layer", "n_head", "n_embd"):
         v = getattr(m, key)
         check(v is None or v >= 1, f"model.{key}", f"{v} is not >= 1")
@@ -308,7 +315,7 @@ def validate(cfg: Config) -> None:
     check(tr.weight_decay >= 0, "train.weight_decay", f"{tr.weight_decay} is negative")
     check(0 <= tr.min_lr_ratio <= 1, "train.min_lr_ratio", f"{tr.min_lr_ratio} is not in [0, 1]")
     for key in ("warmup_steps", "max_steps", "eval_every", "eval_batch_size", "checkpoint_every",
-                "devices", "threads", "keep_checkpoints"):
+                "devices", "num_nodes", "threads", "keep_checkpoints"):
         v = getattr(tr, key)
         low = 0 if key in ("warmup_steps", "threads", "keep_checkpoints") else 1
         check(v >= low, f"train.{key}", f"{v} is not >= {low}")
@@ -321,8 +328,11 @@ def validate(cfg: Config) -> None:
     check(tr.stop_metric in metrics, "train.stop_metric",
           f"{tr.stop_metric!r} is not a metric of task {t.name!r} with these options; choose from {metrics}")
     check(tr.precision in ("32", "bf16"), "train.precision", f"{tr.precision!r} is not '32' or 'bf16'")
-    check(tr.batch_size == 0 or tr.batch_size >= tr.devices, "train.batch_size",
-          f"{tr.batch_size} is smaller than train.devices={tr.devices}")
+    world = tr.devices * tr.num_nodes
+    check(tr.batch_size == 0 or tr.batch_size >= world, "train.batch_size",
+          f"{tr.batch_size} is smaller than the {world} processes (train.devices x train.num_nodes)")
+    check(tr.num_nodes == 1 or lg.name is not None or tr.resume is not None, "log.name",
+          "a run on several nodes needs a name every node knows (log.name=..., e.g. the job's name and id)")
     if tr.resume is not None:
         check(Path(tr.resume).exists(), "train.resume", f"{tr.resume} does not exist")
     check(lg.every >= 1, "log.every", f"{lg.every} is not >= 1")
@@ -403,4 +413,5 @@ def help_text() -> str:
     for name, task in sorted(TASKS.items()):
         own = [r for r in describe(task.Config, "task.") if r[0][5:] not in common]
         lines += ["", f"task.name={name}: {task.summary()}"] + (block(own) if own else ["  (no options)"])
+        lines.append(f"  train.stop_metric: {' | '.join(task.metric_names(task.Config()))} (at the defaults)")
     return "\n".join(lines)

@@ -211,6 +211,7 @@ def make_wandb_logger(run_dir: Path, run_name: str, cfg_dict: dict, project: str
         project=project, name=None if agent else name, id=None if agent else run_id,
         resume="allow", group=group or run_name, save_dir=str(run_dir), mode=mode, config=cfg_dict,
     )
+    logger._wandb_init.pop("anonymous", None)  # (Lightning passes None, which wandb warns is deprecated)
     exp = logger.experiment  # starts the (offline) run now, not in the middle of the first step
     if hasattr(exp, "define_metric"):
         exp.define_metric("examples_seen")

@@ -54,17 +54,19 @@ def arrival_windows(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray,
     return (starts + steps) / 2, np.array([p[1] for p in pts], dtype=float), lo, hi
 
 
-def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[str, float | None]:
+def grokking_figure(run_dir: str | Path, out: str | Path | None = None,
+                    rows: list[dict] | None = None) -> dict[str, float | None]:
     """Accuracy, dl/table and per-answer losses against steps (log axis; linear when rows arrive over the
     run), with the marks drawn; with arrivals, the arriving rows' exact match, certificate and bits with
     their 95% intervals on the axes of validation's."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
-    rows = read_metrics(path) if path.exists() else []
+    if rows is None:
+        rows = read_metrics(path) if path.exists() else []
     marks = grokking_marks(rows)
     if not rows:  # a run shorter than one log interval: nothing to draw
         return marks
-    fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
     arriving = sum(1 for r in rows if "bits/arrivals" in r) > 1  # rows arrive over the run, not in one pass
 
     ax = axes[0]
@@ -83,19 +85,28 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
     ax.set_ylim(-0.02, 1.02)
 
     ax = axes[1]
+    drawn = []  # every value drawn on this axis (a log axis only if all are positive)
     s, v = series(rows, "dl/table")
     ax.plot(s, v, color="C3", label="dl/table (prequential)")
-    for key, label, color in (("dl/two_part", "dl/two_part (weights + data)", "C4"),
-                              ("dl/model", "dl/model (the weights, entropy-coded)", "C5")):
-        s, v = series(rows, key)
-        if s:
-            ax.plot(s, v, color=color, label=label)
+    drawn += v
+    s2, two = series(rows, "dl/two_part")
+    s3, data = series(rows, "dl/data_given_model")
+    if s2 and len(s2) == len(s3):
+        ax.plot(s2, two, color="C4", label="dl/two_part (weights + data)")
+        ax.plot(s3, data, color="C4", linestyle=":", label="dl/data_given_model (data | weights)")
+        ax.fill_between(s2, data, two, color="C4", alpha=0.12, label="dl/model (the weights, entropy-coded)")
+        drawn += two + data
     for key, label, style in (("dl/table_raw", "raw (answers uniform)", ":"), ("dl/table_floor", "floor", "--")):
         val = next((r[key] for r in rows if key in r), None)
-        if val is not None:
+        if val is not None and (val > 0 or key == "dl/table_raw"):
             ax.axhline(val, color="gray", linestyle=style, label=label)
+            drawn.append(val)
+        elif val is not None:  # a floor of 0 (a rule without noise) has no place on a log axis: say it
+            ax.plot([], [], color="gray", linestyle=style, label="floor 0 (no label noise)")
     ax.set_ylabel("description length (bits)")
-    ax.set_yscale("log")
+    finite = [x for x in drawn if x is not None and math.isfinite(x)]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
 
     ax = axes[2]
     for key, label in (("val/bits_example", "held-out"), ("bits/revisit_example", "train rows, revisited"),
@@ -117,11 +128,11 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
     ax.set_ylabel("bits per answer")
     ax.set_xlabel("step")
     s, v = series(rows, "grok/weight_norm")
+    twin = None
     if s:
         twin = ax.twinx()
-        twin.plot(s, v, color="black", alpha=0.4, label="weight norm")
+        twin.plot(s, v, color="black", alpha=0.4, label="weight norm (right axis)")
         twin.set_ylabel("weight norm")
-        twin.legend(loc="center right", fontsize=8)
 
     labels = {"val_acc_0.9": "validation accuracy 0.9", "dl_half": "dl/table half-way down"}
     for i, ax in enumerate(axes):
@@ -129,12 +140,16 @@ def grokking_figure(run_dir: str | Path, out: str | Path | None = None) -> dict[
         for (name, step), color in zip(marks.items(), ("C2", "C3")):
             if step is not None:
                 ax.axvline(step, color=color, alpha=0.5, linestyle="-.", label=labels[name] if i == 0 else None)
-        ax.legend(fontsize=8, loc="best")
+        handles, names = ax.get_legend_handles_labels()
+        if twin is not None and ax is axes[2]:
+            more = twin.get_legend_handles_labels()
+            handles, names = handles + more[0], names + more[1]
+        ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.08 if ax is axes[2] else 1.01, 1))
         ax.grid(alpha=0.3)
     title = run_dir.name + "".join(f" | {k} at step {v:.0f}" for k, v in marks.items() if v is not None)
     axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out or run_dir / "grokking.png", dpi=110)
+    fig.savefig(out or run_dir / "grokking.png", dpi=110, bbox_inches="tight")  # (legends beside the panels)
     plt.close(fig)
     return marks
 
@@ -157,7 +172,7 @@ def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list
     rows = read_metrics(run_dir / "metrics.jsonl") if rows is None else rows
     chains = sorted((int(k.rsplit("/", 1)[1]), k) for k in set().union(*rows) if k.startswith("val/chain_exact/")) \
         if rows else []
-    fig, axes = plt.subplots(3 if chains else 2, 1, figsize=(9, 11 if chains else 8),
+    fig, axes = plt.subplots(3 if chains else 2, 1, figsize=(12, 11 if chains else 8),
                              gridspec_kw={"height_ratios": [3, 2.5, 1.5] if chains else [3, 2.5]})
     ax, heat = axes[0], axes[1]
     xs = [r["examples_seen"] for r in rows if "bits/example" in r]
@@ -181,9 +196,9 @@ def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list
             twin.plot(*zip(*pts), color="C1" if key.startswith("val") else "C2", linestyle=style, label=label)
     twin.set_ylim(-0.02, 1.02)
     twin.set_ylabel("exact match")
-    for a, where in ((twin, "center right"), (ax, "upper right")):
-        if a.get_legend_handles_labels()[0]:
-            a.legend(loc=where, fontsize=8)
+    handles, names = (a + b for a, b in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels()))
+    if handles:  # beside the panel, off the curves
+        ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.1, 1), fontsize=8)
     epistemic = last(rows, "bits/epistemic")
     ax.set_title(f"{run_dir.name}: {(epistemic or 0) / 1e6:.3f} Mbit above the floor", fontsize=10)
 
@@ -216,13 +231,26 @@ def stream_figure(run_dir: str | Path, out: str | Path | None = None, rows: list
         held = last(rows, "val/exact_match")
         if held is not None:
             bar.axhline(held, color="gray", linestyle="--", label=f"held-out (uniform operands) {held:.4f}")
-            bar.legend(fontsize=8, loc="lower left")
+            bar.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         bar.set_ylim(0, 1.02)
         bar.set_xlabel("longest carry chain in the sum (digits a carry passes through)")
         bar.set_ylabel("exact match")
         bar.set_title("the rule at the last evaluation: exact match by carry-chain length", fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "addition.png"
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def run_figure(run_dir: str | Path, cfg) -> tuple[Path | None, dict | None]:
+    """A run's own figure, from its metrics: grokking.png for a table task (with its marks), <task>.png
+    for a stream task (addition.png, ...). -> (its path, or None for a run with no metrics; the marks)."""
+    from lab.tasks import TASKS
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        return None, grokking_marks([]) if TASKS[cfg.task.name].is_table else None
+    if TASKS[cfg.task.name].is_table:
+        return run_dir / "grokking.png", grokking_figure(run_dir)
+    return stream_figure(run_dir, run_dir / f"{cfg.task.name}.png"), None

@@ -1,8 +1,9 @@
 """Reports from local metrics: `python -m lab report RUN_OR_SWEEP_DIR`.
 
 For a run directory (it holds metrics.jsonl): report.csv / report.md with the final figures, and
-report.png: the bits-per-example curve with the floor and the epistemic area shaded, held-out exact
-match on a second axis, and a heatmap of the excess bits per position over examples seen.
+report.png: the run's figure (`lab.plots`): for a stream task the bits-per-example curve with the floor
+and the epistemic area shaded, held-out exact match on a second axis, and a heatmap of the excess bits
+per position over examples seen; for a table task accuracy, description lengths and losses by step.
 
 For a sweep directory (its subdirectories are runs): one row per run (the parameters that vary, the
 final figures) in report.csv / report.md, and report.png: final compression (dl/table for table tasks,
@@ -23,7 +24,7 @@ import yaml
 from lab.config import flatten
 from lab.errors import RunError
 from lab.loggers import read_metrics
-from lab.plots import last, plt, stream_figure
+from lab.plots import grokking_figure, last, plt, stream_figure
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -89,7 +90,10 @@ def run_report(run_dir: Path) -> dict:
     rows = run_rows(run_dir, skipped)
     final = final_figures(rows)
     write_table([final], run_dir / "report")
-    stream_figure(run_dir, run_dir / "report.png", rows)
+    if any("dl/table" in r for r in rows):  # a table task: accuracy, description lengths, losses by step
+        grokking_figure(run_dir, run_dir / "report.png", rows)
+    else:
+        stream_figure(run_dir, run_dir / "report.png", rows)
     return {"kind": "run", "final": final, "figure": str(run_dir / "report.png"), "skipped": skipped}
 
 

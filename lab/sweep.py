@@ -230,13 +230,28 @@ def agent_args(run: dict) -> list[str]:
     return [f"{k}={v}" for k, v in run.items()]
 
 
-def base_command(sweep: dict) -> list[str]:
-    """The config file and fixed arguments from the sweep's `command` (what precedes the sweep's args)."""
+def base_command(sweep: dict, path: Path | None = None) -> list[str]:
+    """The config file and fixed arguments from the sweep's `command` (what precedes the sweep's args);
+    with the sweep file's `path`, its config files as absolute paths (`config_path`)."""
     cmd = sweep.get("command")
     if not isinstance(cmd, list) or "train" not in cmd or "${args_no_hyphens}" not in cmd:
         raise ConfigError("command: must run `python -m lab train CONFIG ... ${args_no_hyphens}` (W&B's default "
                           "command passes --key=value, which the lab does not read)")
-    return [c for c in cmd[cmd.index("train") + 1 :] if not c.startswith("${")]
+    args = [c for c in cmd[cmd.index("train") + 1 :] if not c.startswith("${")]
+    return [config_path(a, path) if path is not None else a for a in args]
+
+
+def config_path(arg: str, sweep_file: Path) -> str:
+    """A config file the sweep's command names, as the sweep file means it, whatever the working directory:
+    absolute, or relative to the sweep file's folder or a folder above it (configs/sweeps/grokking.yaml
+    names configs/grokking.yaml: the repository's). Other arguments as they are."""
+    if "=" in arg or not arg.endswith((".yaml", ".yml")) or Path(arg).is_absolute():
+        return arg
+    here = sweep_file.resolve().parent
+    for base in (here, *here.parents):
+        if (base / arg).is_file():
+            return str(base / arg)
+    raise ConfigError(f"command: {arg} is neither beside {sweep_file} nor in a folder above it")
 
 
 def last_wins(args: list[str]) -> list[str]:
@@ -283,7 +298,7 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
         raise ConfigError(f"sweep: {path} is not a sweep (a mapping with name, method, parameters, command)")
     name = sweep_name(path)
     runs = expand(sweep, count, seed)
-    base = base_command(sweep)
+    base = base_command(sweep, path)
     sweep_dir = Path(root) / name
     log = sweep_dir / "sweep.jsonl"
 
@@ -325,7 +340,7 @@ def run_sweep(path: str | Path, root: str | Path = "runs/sweeps", parallel: int 
     if dry_run:
         return [one(i, params) for i, params in enumerate(runs)]
     from lab.loggers import check_writable_dir
-    from lab.train import RunLock  # one writer per sweep directory, as per run directory
+    from lab.run import RunLock  # one writer per sweep directory, as per run directory
 
     check_writable_dir(sweep_dir, "--dir")
     lock = RunLock(sweep_dir)

@@ -16,9 +16,9 @@ import torch
 from lab.bits import wilson
 from lab.config import ConfigError, load
 from lab.loggers import read_metrics
+from lab.run import train
 from lab.sweep import last_wins
 from lab.tasks import make_task
-from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 # (law, steps, start share, batch): a backlog (batch 8 cannot carry a start share of 0.5 at once), geometric
@@ -163,16 +163,24 @@ COMPARED = ("bits/total", "bits/examples", "bits/revisit", "bits/arrival_example
             "train/loss", "examples_seen")
 
 
-def _run_cli(tmp_path, name, *overrides):
+def _run_cli(tmp_path, *runs: tuple[str, ...]) -> list[list[dict]]:
+    """Each run (name, *overrides) as a `lab train` process, all at once (2 cores: start-up is most of
+    their time) -> each run's metrics rows."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
     env.pop("LAB_RUN_NAME", None)
     config, *rest = ARRIVING
-    cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/{config}", *rest, f"log.dir={tmp_path}", f"log.name={name}",
-           "log.wandb=false", "log.progress_bar=false", "train.threads=1", "train.accelerator=cpu", *overrides]
-    cmd = last_wins(cmd)  # (the command line names each key once: the overrides replace the base)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return read_metrics(tmp_path / name / "metrics.jsonl")
+    procs = []
+    for name, *overrides in runs:
+        cmd = [sys.executable, "-m", "lab", "train", f"{ROOT}/{config}", *rest, f"log.dir={tmp_path}",
+               f"log.name={name}", "log.wandb=false", "log.progress_bar=false", "train.threads=1",
+               "train.accelerator=cpu", *overrides]
+        cmd = last_wins(cmd)  # (the command line names each key once: the overrides replace the base)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                      env=env))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    return [read_metrics(tmp_path / name / "metrics.jsonl") for name, *_ in runs]
 
 
 def _series(rows, key):
@@ -183,10 +191,8 @@ def test_resumed_and_ddp_runs_with_arrivals_equal_an_uninterrupted_single_proces
     """Stopped at step 6, mid-arrivals, then resumed; and two processes splitting each batch: every
     counter, window and dl/table as in one uninterrupted process. (A run stopped between evaluations ends
     with one, which starts a new arrival window: the counters still agree, the windows after it differ.)"""
-    whole = _run_cli(tmp_path, "whole")
-    _run_cli(tmp_path, "cut", "train.max_steps=6")
-    resumed = _run_cli(tmp_path, "cut", f"train.resume={tmp_path / 'cut'}")
-    two = _run_cli(tmp_path, "two", "train.devices=2")
+    whole, _ = _run_cli(tmp_path, ("whole",), ("cut", "train.max_steps=6"))
+    resumed, two = _run_cli(tmp_path, ("cut", f"train.resume={tmp_path / 'cut'}"), ("two", "train.devices=2"))
     for key in COMPARED:
         assert _series(whole, key), key
         assert _series(resumed, key) == _series(whole, key), key  # bit for bit

@@ -51,7 +51,7 @@ def machine() -> str:
 def run(name: str, out: Path) -> dict:
     """Train run `name` in out/<name>; -> {"metrics": rows, "positions": rows, "summary": dict}."""
     from lab.config import load
-    from lab.train import train
+    from lab.run import train
 
     config, overrides = RUNS[name]
     cfg = load(ROOT / config, [*COMMON, *overrides, f"log.dir={out}", f"log.name={name}"])

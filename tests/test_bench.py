@@ -16,9 +16,9 @@ import torch
 
 from lab.loggers import read_metrics
 from lab.module import LabModule
+from lab.run import train
 from lab.tasks import make_task
 from lab.tasks.addition import longest_chain
-from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lab.loggers import read_metrics
+from lab.run import train
 from lab.sweep import last_wins
-from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -172,7 +172,8 @@ def _run_cli(tmp_path, name, base, *overrides):
     return read_metrics(tmp_path / name / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("lr,rel", [pytest.param(0.0, 1e-9, marks=pytest.mark.slow), (3e-3, 0.01)])
+@pytest.mark.parametrize("lr,rel", [pytest.param(0.0, 1e-9), pytest.param(3e-3, 0.01)])
+@pytest.mark.slow  # (make test-full; the fast suite: tests/test_multinode.py, DDP over two nodes, and test_arrivals)
 def test_ddp_total_equals_single_process(tmp_path, lr, rel):
     """Two gloo processes split each global batch; the bits are summed over both and logged once."""
     one = _run_cli(tmp_path, "one", ADDITION, f"train.lr={lr}")

@@ -6,7 +6,7 @@ import pytest
 
 from lab.__main__ import main
 from lab.coder import MAGIC, CodecError, compress, decompress, dump, read
-from lab.train import train
+from lab.run import train
 
 
 def _rewrite(path, header, code_bytes):

@@ -30,7 +30,7 @@ import os, signal, sys, time
 from pathlib import Path
 import lightning as L
 from lab.config import load
-from lab.train import train
+from lab.run import train
 
 hook, step, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 

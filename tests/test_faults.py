@@ -348,7 +348,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_good_checkpoint(tmp_
 
 # -- sweeps ----------------------------------------------------------------------------------------------
 def test_one_writer_per_sweep_directory(tmp_path, capsys):
-    from lab.train import RunLock
+    from lab.run import RunLock
 
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: s\nmethod: grid\nparameters:\n  seed:\n    values: [0]\ncommand:\n"

@@ -5,8 +5,8 @@ import pytest
 
 from lab.loggers import read_metrics
 from lab.probes import fourier_basis, frequency_norms, key_frequencies, restricted_and_excluded
+from lab.run import train
 from lab.tasks.base import noise_floor
-from lab.train import train
 
 
 def test_fourier_basis_is_orthonormal():

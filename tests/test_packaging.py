@@ -31,3 +31,18 @@ def test_markers_are_strict_and_no_test_imports_from_conftest():
     for path in (ROOT / "tests").glob("test_*.py"):
         assert not re.search(r"^\s*(from conftest import|import conftest)", path.read_text(), re.M), path.name
 
+
+
+def test_the_lower_bounds_are_the_tested_versions():
+    """Every runtime dependency but torch is pinned in constraints.txt (what `make install`, and so CI,
+    installs and tests) at exactly its lower bound in pyproject.toml: the oldest version admitted is the
+    one tested."""
+    deps = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = {r.name.lower(): r for r in map(Requirement, (x for x in lines if x.strip() and not x.startswith("#")))}
+    for dep in deps:
+        if dep.name == "torch":
+            continue
+        low = next((s.version for s in dep.specifier if s.operator == ">="), None)
+        assert low is not None, f"{dep.name} has no lower bound"
+        assert str(pins[dep.name.lower()].specifier) == f"=={low}", (dep.name, low, pins.get(dep.name.lower()))

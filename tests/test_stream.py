@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lab.build import build
+from lab.run import train
 from lab.tasks import TASKS
-from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

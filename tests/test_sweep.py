@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
+from lab.__main__ import main
 from lab.config import load
 from lab.dashboard import build, describe
 from lab.errors import ConfigError, RunError
 from lab.report import report, spearman
+from lab.run import train
 from lab.sweep import agent_args, base_command, expand, param_type, run_sweep
-from lab.train import train
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -204,3 +205,24 @@ def test_dashboard_builds_offline():
     assert "bits per example vs the floor" in text and "description length of the table" in text
     model = workspace._to_model()
     assert "examples_seen" in model.model_dump_json()
+
+
+def test_a_sweep_runs_from_any_working_directory(tmp_path, monkeypatch, capsys):
+    """The sweep file's config paths resolve against the file's folder or a folder above it (the
+    repository), not the working directory: a sweep launched elsewhere runs."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    sweep = f"{ROOT}/configs/sweeps/grokking.yaml"
+    args = ["sweep", sweep, "--count", "1", "--dir", str(tmp_path / "sweeps"), "train.max_steps=4", "task.p=11",
+            "model.preset=gpt-nano", "train.batch_size=16", "train.eval_every=2", "log.wandb=false", "train.threads=1"]
+    assert main(args) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "1 runs, 0 failed" in out
+    run = next((tmp_path / "sweeps" / "grokking-fraction-wd").glob("000-*"))
+    assert (run / "summary.json").exists()
+    lost = tmp_path / "s.yaml"  # a config that is nowhere: named, before any run starts
+    lost.write_text("name: s\nmethod: grid\nparameters: {seed: {values: [0]}}\n"
+                    "command: [python, -m, lab, train, nowhere.yaml, '${args_no_hyphens}']\n")
+    with pytest.raises(ConfigError, match="^command: nowhere.yaml is neither beside"):
+        run_sweep(lost, tmp_path / "sw", dry_run=True)

@@ -1,6 +1,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -10,7 +12,7 @@ from lab.__main__ import main
 from lab.bits import NonFiniteError
 from lab.errors import ConfigError, RunError
 from lab.loggers import read_metrics
-from lab.train import train
+from lab.run import train
 
 
 def test_tiny_fit_end_to_end(tmp_path, tiny_modular):
@@ -163,8 +165,9 @@ def test_addition_runs_score_the_rule_by_carry_chain_length(tmp_path, tiny_addit
 
 @pytest.mark.parametrize("kind", ["addition", "modular"])
 def test_progress_shows_examples_or_epochs_and_the_stop_rule_without_an_eta(tmp_path, capsys, kind, tiny_addition,
-                                                                           tiny_modular):
+                                                                           tiny_modular, monkeypatch):
     make_cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # (the bar is for a terminal)
     train(make_cfg(tmp_path, "log.progress_bar=true", "train.max_steps=20"))
     bar = capsys.readouterr().out.replace("\r", "\n")  # (Lightning's bars write to stdout)
     lines = [line for line in bar.splitlines() if line.startswith("step 20/<=20")]
@@ -172,3 +175,18 @@ def test_progress_shows_examples_or_epochs_and_the_stop_rule_without_an_eta(tmp_
     assert ("640 examples" in lines[-1]) if kind == "addition" else ("epoch 6.7" in lines[-1])  # 32 rows, 3 steps/epoch
     assert "val/exact_match" in lines[-1] and "(stop at 0.99)" in lines[-1]
     assert "Epoch 0" not in bar and "<00:" not in bar and "20/20" not in bar  # no fake epoch, no ETA, no total
+
+
+def test_a_run_in_a_log_file_prints_its_header_a_line_per_evaluation_and_a_done_line(tmp_path, root):
+    """No library chatter (accelerators, why fit stopped, wandb's settings), no bar, no "None"."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": root}
+    cmd = [sys.executable, "-m", "lab", "train", f"{root}/configs/grokking.yaml", "task.p=11", "model.preset=gpt-nano",
+           "train.batch_size=16", "train.max_steps=20", "train.eval_every=10", f"log.dir={tmp_path}", "log.name=q",
+           "train.threads=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert lines[0].startswith("run ") and [line.split("|")[0].strip() for line in lines[1:3]] == ["step     10",
+                                                                                                   "step     20"]
+    assert lines[3].startswith("done: 20 steps") and lines[4].startswith("validation accuracy 0.9: not yet")
+    assert len(lines) == 5 and "None" not in out.stdout, lines

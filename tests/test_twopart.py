@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lab.loggers import read_metrics
-from lab.train import train
+from lab.run import train
 from lab.twopart import LADDER, data_bits, decode_weights, dequantize, encode_weights, quantize, two_part
 
 

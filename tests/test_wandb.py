@@ -2,7 +2,7 @@ import pytest
 
 from lab.config import ConfigError
 from lab.loggers import wandb_mode
-from lab.train import train
+from lab.run import train
 
 
 def test_wandb_mode_never_needs_a_login(monkeypatch, tmp_path):

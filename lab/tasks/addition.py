@@ -93,7 +93,7 @@ class Addition(OperandTask):
     symbol = "+"
     small = {"n_digits": 1, "n_heldout": 10, "n_chain": 3}
 
-    headline = {"val/chain_exact_min": "lowest over carry-chain lengths", "val/rule": "the rule"}
+    headline = {"val/chain_exact_min": "lowest chain", "val/rule": "rule"}  # (the evaluation and done lines)
 
     def __init__(self, cfg: AdditionConfig | None = None, seed: int = 0):
         super().__init__(cfg, seed)

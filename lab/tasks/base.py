@@ -286,10 +286,7 @@ class Task:
     def metric_names(cls, cfg: TaskConfig) -> list[str]:
         """The evaluation shares (in [0, 1]) a run of this task with options `cfg` logs, which
         `train.stop_metric` may watch."""
-        names = ["val/exact_match", "val/certified_exact"]
-        if cls.is_table:
-            names += ["train/exact_match", "train/certified_exact"]
-        return names + (["val/clean_exact_match"] if cfg.label_noise > 0 else [])
+        return ["val/exact_match", "val/certified_exact"] + (["val/clean_exact_match"] if cfg.label_noise > 0 else [])
 
     def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
         """The stream's law of one sent example, enumerated: (N, T) int64 rows, (N,) float64

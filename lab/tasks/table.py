@@ -184,6 +184,10 @@ class TableTask(Task):
             sets["val_clean"] = clean
         return sets
 
+    @classmethod
+    def metric_names(cls, cfg: TableConfig) -> list[str]:
+        return super().metric_names(cfg) + ["train/exact_match", "train/certified_exact"]  # the "train" set's
+
     def cyclic_phase(self) -> tuple[int, np.ndarray] | None:
         """(p, (N,) phase of each table row) where the answer is a function of a phase in Z_p that the
         Fourier probes read (`lab.probes`: x + y or x - y mod p); None for other tables."""

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 import warnings
 import zipfile
@@ -39,7 +40,7 @@ from lab.data import LabData
 from lab.errors import ConfigError, RunError
 from lab.loggers import JsonlLogger, check_writable_dir, make_wandb_logger, write_atomic
 from lab.module import LabModule
-from lab.plots import grokking_figure, stream_figure
+from lab.plots import run_figure
 from lab.probes import GrokkingProbes
 from lab.twopart import TwoPart
 
@@ -49,8 +50,15 @@ class _NoAdverts(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+LIGHTNING_LOG = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available", "fit stopped"
+LIGHTNING_LOG.addFilter(_NoAdverts())
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # inside Lightning, not ours
+
+
+def quiet(verbose: bool) -> None:
+    """Lightning's own messages (accelerators found, why fit stopped) only with `log.verbose`: a run prints
+    its header, one line per evaluation and a done line."""
+    LIGHTNING_LOG.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @dataclass
@@ -188,6 +196,16 @@ class RunLock:
             self.file = None
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_first_process() -> bool:
+    """This process is the run's global rank 0 under every launcher Lightning reads: its own DDP processes
+    (LOCAL_RANK, NODE_RANK), torchrun (RANK, GROUP_RANK) and SLURM's srun (SLURM_PROCID). Only it
+    creates, locks and writes the run directory; the others reuse it."""
+    return all(os.environ.get(k, "0") == "0" for k in RANK_VARIABLES)
+
+
 def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int | None]:
     """(run directory, checkpoint to resume from, its step). Rank 0 creates; other ranks reuse."""
     if cfg.train.resume:
@@ -197,13 +215,12 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
         if changed:
             raise ConfigError(f"{changed[0]}: differs from the run being resumed ({run_dir}/config.yaml)")
         step = load_checkpoint(ckpt, run_dir, saved)["global_step"]
-        worker = os.environ.get("LOCAL_RANK", "0") != "0"  # (rank 0 decided, then rewrote config.yaml)
+        worker = not is_first_process()  # (rank 0 decided, then rewrote config.yaml)
         why = None if worker else finished(run_dir, step, cfg, saved)
         if why:
             raise NothingToDo(f"{run_dir}: nothing to do, nothing changed: {why}")
         return run_dir, ckpt, step
-    worker = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP process that rank 0 launched
-    if worker:
+    if not is_first_process():  # a DDP process that rank 0 launched, or another node's (log.name is set)
         name = cfg.log.name or os.environ["LAB_RUN_NAME"]
     elif cfg.log.name:
         name = cfg.log.name
@@ -230,10 +247,10 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
     run_dir, ckpt, ckpt_step = prepare_run(cfg, config_name)
     built = build(cfg)  # (a failure here leaves nothing written)
     module = built.module
-    rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    rank0 = is_first_process()
     lock = RunLock(run_dir)
     fresh = ckpt is None and not run_dir.exists()
-    if rank0:  # (DDP workers are launched by rank 0 and write nothing of their own)
+    if rank0:  # (the other processes write nothing of their own)
         lock.acquire("train.resume" if ckpt else "log.name")
     try:
         return _train(built, run_dir, ckpt, ckpt_step, rank0, extra_callbacks)
@@ -253,6 +270,7 @@ def train(cfg: Config, config_name: str = "run", extra_callbacks: list | None = 
 def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None, rank0: bool,
            extra_callbacks: list | None) -> RunResult:
     cfg, task, module = built.cfg, built.task, built.module
+    quiet(cfg.log.verbose)
     if rank0:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
@@ -264,7 +282,8 @@ def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None
     probes = GrokkingProbes(task)
     twopart = TwoPart(task)
     callbacks = [bits, probes, twopart, Report(), checkpoints]
-    if cfg.log.progress_bar:
+    bar = cfg.log.progress_bar and sys.stdout.isatty()  # (in a log file, the evaluation lines alone)
+    if bar:
         tr = cfg.train
         callbacks.append(ProgressBar(task, built.batch_size, tr.max_steps, tr.stop_metric, tr.stop_at, refresh_rate=10))
     callbacks += extra_callbacks or []
@@ -280,7 +299,8 @@ def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None
         min_epochs=0,  # else Lightning refuses to stop early before an epoch ends (the stream has none)
         accelerator=tr.accelerator,
         devices=tr.devices,
-        strategy="ddp" if tr.devices > 1 else "auto",
+        num_nodes=tr.num_nodes,
+        strategy="ddp" if tr.devices * tr.num_nodes > 1 else "auto",
         precision="bf16-mixed" if tr.precision == "bf16" else "32-true",
         val_check_interval=tr.eval_every,
         check_val_every_n_epoch=None,
@@ -289,7 +309,7 @@ def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None
         logger=loggers,
         callbacks=callbacks,
         enable_checkpointing=False,
-        enable_progress_bar=cfg.log.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
@@ -320,9 +340,8 @@ def _train(built: Built, run_dir: Path, ckpt: Path | None, ckpt_step: int | None
         **bits.totals(),
     }
     if trainer.is_global_zero:
-        if task.is_table:
-            summary["marks"] = grokking_figure(run_dir)
-        elif (run_dir / "metrics.jsonl").exists():
-            stream_figure(run_dir, run_dir / f"{task.name}.png")  # addition.png, multiplication.png
+        _, marks = run_figure(run_dir, cfg)  # grokking.png, or addition.png, multiplication.png
+        if marks is not None:
+            summary["marks"] = marks
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return RunResult(run_dir, module, trainer, bits, summary)
