@@ -85,9 +85,10 @@ class Sweep:
 
     @property
     def runs(self) -> list[Run]:
-        """The runs that ran (failed attempts, kept as <run>.failed-<time>, left out)."""
-        return [Run(d) for d in sorted(self.dir.iterdir()) if d.is_dir() and ".failed-" not in d.name
-                and ((d / "metrics.jsonl").exists() or (d / "summary.json").exists())]
+        """The runs that ran, as the sweep's report reads them (failed attempts left out)."""
+        from lab.report import sweep_runs
+
+        return [Run(d) for d in sweep_runs(self.dir)]
 
     def report(self) -> dict:
         """`python -m lab report` of the sweep: a row per run, Spearman's rho of compression against
@@ -135,6 +136,6 @@ def load_sweep(path: str | Path) -> Sweep:
     from lab.errors import RunError
 
     sweep = Sweep(Path(path))
-    if not sweep.dir.is_dir() or not sweep.runs:
+    if not sweep.runs:
         raise RunError(f"sweep: {path} holds no runs")
     return sweep

@@ -62,7 +62,8 @@ def load_trained(run_dir: str | Path, checkpoint: str | Path = "last.ckpt") -> t
     from lab.config import load_saved
 
     run_dir = Path(run_dir)
-    ckpt = Path(checkpoint) if Path(checkpoint).is_file() else run_dir / "checkpoints" / checkpoint
+    ckpt = run_dir / "checkpoints" / checkpoint  # a name in the run's checkpoints/, else a path
+    ckpt = ckpt if ckpt.is_file() else Path(checkpoint)
     b = build(load_saved(run_dir / "config.yaml"))
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     b.module.load_state_dict(saved["state_dict"])

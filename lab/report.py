@@ -132,14 +132,23 @@ def sweep_report(sweep_dir: Path, runs: list[Path]) -> dict:
             "skipped": skipped}
 
 
+def ran(d: Path) -> bool:
+    """A directory holds a run that ran (its metrics, or at least its summary)."""
+    return (d / "metrics.jsonl").exists() or (d / "summary.json").exists()
+
+
+def sweep_runs(path: Path) -> list[Path]:
+    """The runs of a sweep directory, in name order (failed attempts, kept as <run>.failed-<time>, left out)."""
+    return [d for d in sorted(path.iterdir()) if d.is_dir() and ran(d) and ".failed-" not in d.name] \
+        if path.is_dir() else []
+
+
 def report(path: str | Path) -> dict:
     path = Path(path)
-    ran = lambda d: (d / "metrics.jsonl").exists() or (d / "summary.json").exists()  # noqa: E731
     if ran(path):
         return run_report(path)
-    runs = [d for d in sorted(path.iterdir()) if d.is_dir() and ran(d) and ".failed-" not in d.name] \
-        if path.is_dir() else []
+    runs = sweep_runs(path)
     if not runs:
         raise RunError(f"report: {path} is neither a run directory nor a sweep of runs (no metrics.jsonl "
-                          f"or summary.json)")
+                       f"or summary.json)")
     return sweep_report(path, runs)

@@ -171,7 +171,7 @@ class RunLock:
             holder = f.read().strip() or "another process"
             f.close()
             raise RunError(f"{key}: {self.path.parent} is being written by {holder}; "
-                              f"one writer per run or sweep directory (stop that one first)") from None
+                           f"one writer per run or sweep directory (stop that one first)") from None
 
     def check(self, key: str) -> None:
         """Raise as `acquire` would if a live process holds the lock; take nothing, write nothing."""
@@ -230,7 +230,7 @@ def prepare_run(cfg: Config, config_name: str) -> tuple[Path, Path | None, int |
             raise RunError(f"log.name: {run_dir} already holds a run; resume it with train.resume={run_dir}")
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise RunError(f"log.name: {run_dir} already exists (a run without a checkpoint, or other files); "
-                              f"a new run never reuses a directory: choose another log.name or move it away")
+                           f"a new run never reuses a directory: choose another log.name or move it away")
     else:  # <config>-<date>-<time>, with a suffix if that directory is taken
         stem = name = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
         i = 1
