@@ -12,7 +12,9 @@ prints examples/s and tokens/s (training only: evaluation time excluded), then f
 held-out exact match (greedy generation, checked every `train.eval_every` steps) and for the rule: the
 examples and the wall seconds (evaluations included) at the first evaluation that reached it, and the
 epistemic bits spent by then; finally the last windowed bits/example against the floor and the
-epistemic bits of the whole run.
+epistemic bits of the whole run, the FLOP/s fraction (below) and the evaluations' share of the wall
+time. When the run stops at the rule it also prints the chance that one evaluation of a model right 99.5% (99%) of the
+time on every kind of sum passes the config's stop rule.
 `--append FILE` adds the rows to a markdown results file.
 
 Every mode also prints the machine's own matrix-multiply throughput on the model's shapes (each matmul
@@ -88,12 +90,13 @@ def machine_flops(model: torch.nn.Module, batch: int, T: int, repeats: int = 5) 
     return flops / time_, square
 
 
-def flops_line(model: torch.nn.Module, batch: int, T: int, steps_per_second: float) -> str:
+def flops_line(model: torch.nn.Module, batch: int, T: int, steps_per_second: float) -> tuple[str, float]:
+    """(the line, the FLOP/s fraction)."""
     achieved = train_flops(model, batch, T) * steps_per_second
     peak, square = machine_flops(model, batch, T)
     return (f"training {achieved / 1e9:.1f} GFLOP/s ({train_flops(model, batch, T) / batch / 1e6:.1f} MFLOP per "
             f"example) = {achieved / peak:.2f} of this machine's {peak / 1e9:.1f} GFLOP/s on the model's own "
-            f"multiplies (2048-square: {square / 1e9:.1f} GFLOP/s)")
+            f"multiplies (2048-square: {square / 1e9:.1f} GFLOP/s)"), achieved / peak
 
 
 class Clock(L.Callback):
@@ -149,8 +152,35 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
     row["rule"] = next((m for m in clock.marks if m["rule"] >= RULE), None)
     row["final_rule"] = clock.marks[-1]["rule"] if clock.marks else math.nan
     row["steps/s"] = (len(clock.step_times) - 1) / (wall - clock.eval_seconds) if len(clock.step_times) > 1 else 0
-    row["model"], row["batch"], row["T"] = res.module.model, res.bits.batch_size, task.block_size
+    row["flops_line"], row["flops"] = flops_line(res.module.model, res.bits.batch_size, task.block_size, row["steps/s"])
     return row
+
+
+def rule_pass_probability(cfg: Config, error: float = 0.005) -> float:
+    """The chance that one evaluation of a model wrong on a share `error` of the sums of every kind (held-out
+    and each carry-chain length, independently) passes the rule: held-out exact match >= stop_at on
+    n_heldout sums, and each length's >= stop_at - confirm_margin on n_chain sums (the screen) and >=
+    stop_at on the n_chain + n_chain_confirm sums pooled (without confirmation sums: >= stop_at on n_chain)."""
+    from lab.tasks.addition import Addition
+
+    t, stop = cfg.task, cfg.train.stop_at
+
+    def pmf(n: int, k: int) -> float:
+        return math.comb(n, k) * error**k * (1 - error) ** (n - k)
+
+    def at_most(n: int, k: int) -> float:
+        return sum(pmf(n, i) for i in range(max(-1, k) + 1))
+
+    def errors_allowed(n: int, share: float) -> int:
+        return math.floor(n * (1 - share) + 1e-9)
+
+    n1, n2 = t.n_chain, t.n_chain_confirm
+    if n2 == 0:
+        chain = at_most(n1, errors_allowed(n1, stop))
+    else:
+        screen, pooled = errors_allowed(n1, stop - Addition.confirm_margin), errors_allowed(n1 + n2, stop)
+        chain = sum(pmf(n1, e) * at_most(n2, pooled - e) for e in range(screen + 1))
+    return chain**t.n_digits * at_most(t.n_heldout, errors_allowed(t.n_heldout, stop))
 
 
 def fmt_row(label: str, seed: int, r: dict) -> str:
@@ -159,14 +189,16 @@ def fmt_row(label: str, seed: int, r: dict) -> str:
         cells += ["-", "-", "-"] if hit is None else [
             f"{hit['examples'] / 1e3:.0f}k", f"{hit['seconds']:.0f}", f"{hit['epistemic'] / 1e6:.2f}"]
     cells += [f"{r['final_exact']:.4f}", f"{r['final_rule']:.3f}", f"{r['seconds']:.0f}",
-              f"{r['bits/ex']:.2f} / {r['floor']:.2f}", f"{r['epistemic'] / 1e6:.2f}"]
+              f"{r['bits/ex']:.2f} / {r['floor']:.2f}", f"{r['epistemic'] / 1e6:.2f}", f"{r['flops']:.2f}",
+              f"{r['eval_seconds'] / r['seconds']:.1%}"]
     return "| " + " | ".join(cells) + " |"
 
 
 HEADER = (
     "| config | seed | ex/s | tok/s | ex@50% | s@50% | Mbit@50% | ex@90% | s@90% | Mbit@90% | ex@99% | s@99% "
-    "| Mbit@99% | ex@rule | s@rule | Mbit@rule | final exact | final rule | s | bits/ex (floor) | epistemic Mbit |\n"
-    "|" + "---|" * 21
+    "| Mbit@99% | ex@rule | s@rule | Mbit@rule | final exact | final rule | s | bits/ex (floor) | epistemic Mbit "
+    "| FLOP/s fraction | eval share |\n"
+    "|" + "---|" * 23
 )
 
 
@@ -238,18 +270,24 @@ def main() -> None:
         print(f"\n| config | batch | lab steps/s | raw steps/s | lab / raw |\n|---|---|---|---|---|\n"
               f"| {label} | {cfg.train.batch_size} | {lab:.3f} | {raw:.3f} | {lab / raw:.3f} |")
         b = build(cfg)
-        print(flops_line(b.module.model, b.batch_size, b.task.block_size, lab))
+        print(flops_line(b.module.model, b.batch_size, b.task.block_size, lab)[0])
         return
 
     lines, flops = [], []
     for seed in args.seeds:
         cfg = load(args.config, [*base, *args.overrides, f"seed={seed}"])
         row = learn(cfg, args.budget, f"{Path(args.config).stem}-s{seed}")
+        flops.append(f"seed {seed}: {row['flops_line']}")
         lines.append(fmt_row(label, seed, row))
-        flops.append(f"seed {seed}: " + flops_line(row["model"], row["batch"], row["T"], row["steps/s"]))
         print(f"{lines[-1]}\n  {row['run_dir']}: {row['steps']} steps, evaluation {row['eval_seconds']:.0f} s "
               f"of {row['seconds']:.0f} s\n  {flops[-1]}", flush=True)
     table = "\n".join(lines)
+    if cfg.task.name == "addition" and cfg.train.stop_metric == "val/rule" and cfg.train.stop_at:
+        t = cfg.task
+        print(f"the stop rule: {t.n_heldout} held-out sums, {t.n_chain} per carry-chain length every evaluation"
+              f" + {t.n_chain_confirm} more near the stop; one evaluation of a model right 99.5% of the time on"
+              f" every kind of sum passes it with probability {rule_pass_probability(cfg, 0.005):.3f}, one right"
+              f" 99% of the time with {rule_pass_probability(cfg, 0.01):.3f}")
     print(f"\nbudget {args.budget:.0f} s per run; Mbit = epistemic bits (above the floor) spent by then; the rule: "
           f"{RULE:.0%} exact match held-out and on every carry-chain length\n{HEADER}\n{table}\n" + "\n".join(flops))
     if args.append:

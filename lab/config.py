@@ -56,6 +56,8 @@ class ModelConfig:
     """Dropout in training; the bits come from a no-dropout forward (lab.bits)."""
     bias: bool = True
     """Biases in the linear layers and LayerNorms."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (a learned gain per channel) before their product."""
     position: str = "absolute"
     """absolute (learned per position), coupled (a learned embedding per digit significance), rotary
     (rotary embeddings of the significance), or several joined by '+'; coupled and rotary need a task
@@ -77,8 +79,15 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 256
     """Global batch; 0 = the whole train split (table tasks)."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW for every parameter; muon: torch.optim.Muon for the blocks' weight matrices (their update
+    matched to AdamW's RMS), AdamW for embeddings, head, biases and norms (lab/optim.py)."""
     lr: float = 1e-3
     """Peak learning rate of AdamW."""
+    muon_lr: float | None = None
+    """muon: peak learning rate of the Muon matrices (None: lr)."""
+    muon_momentum: float = 0.95
+    """muon: Muon's (Nesterov) momentum."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     """AdamW's (beta1, beta2)."""
     weight_decay: float = 0.01
@@ -310,6 +319,8 @@ def validate(cfg: Config) -> None:
     check(tr.batch_size >= 0, "train.batch_size", f"{tr.batch_size} is negative")
     check(tr.batch_size > 0 or task.is_table, "train.batch_size", "0 (whole train split) needs a table task")
     check(tr.lr >= 0, "train.lr", f"{tr.lr} is negative")
+    check(tr.muon_lr is None or tr.muon_lr >= 0, "train.muon_lr", f"{tr.muon_lr} is negative")
+    check(0 <= tr.muon_momentum < 1, "train.muon_momentum", f"{tr.muon_momentum} is not in [0, 1)")
     check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas",
           f"{tr.betas} is not two numbers in [0, 1)")
     check(tr.weight_decay >= 0, "train.weight_decay", f"{tr.weight_decay} is negative")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lab.config import Config, to_dict
 from lab.loggers import log_metrics
 from lab.model import GPT, GPTConfig
+from lab.optim import optimizer
 from lab.tasks import Score, Task
 
 LN2 = math.log(2.0)
@@ -65,7 +66,7 @@ class LabModule(L.LightningModule):
         n_layer, n_head, n_embd = m.sizes
         self.model = GPT(GPTConfig(
             vocab_size=task.vocab_size, block_size=task.block_size, n_layer=n_layer, n_head=n_head,
-            n_embd=n_embd, dropout=m.dropout, bias=m.bias,
+            n_embd=n_embd, dropout=m.dropout, bias=m.bias, qk_norm=m.qk_norm,
             coupled_ids=tuple(task.coupled_ids.tolist()) if {"coupled", "rotary"} & parts else None,
             absolute="absolute" in parts, coupled="coupled" in parts, rotary="rotary" in parts,
         ))
@@ -161,12 +162,7 @@ class LabModule(L.LightningModule):
 
     def configure_optimizers(self):
         tr = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": tr.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, LayerNorm
-        ]
-        opt = torch.optim.AdamW(groups, lr=tr.lr, betas=tuple(tr.betas))
+        opt = optimizer(self.model, tr)
         decay = tr.decay_steps or tr.max_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, tr.warmup_steps, tr.schedule, decay, tr.min_lr_ratio)
@@ -179,12 +175,16 @@ class LabModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
         (x,) = batch  # (B, T)
+        return {"example_bits": self._score(x, self.eval_names[dataloader_idx])}
+
+    def _score(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Score rows x (B, T) of evaluation set `name` into its running counts -> (B,) model-coded bits."""
         a = self.task.answer_start
         logits, answer = self.model.score_and_generate(x, a)  # (B, T-1, V), (B, A)
         nats = token_nats(logits, x[:, 1:])  # (B, T-1) float64
         correct = answer == x[:, a:]  # (B, A) greedy generation against the truth
         certified = nats[:, a - 1 :].sum(1) < LN2  # (B,) answer under 1 bit: greedy must produce it
-        s = self._eval.setdefault(self.eval_names[dataloader_idx], {})
+        s = self._eval.setdefault(name, {})
         for key, value in (
             ("n", torch.tensor(float(len(x)), device=x.device, dtype=torch.float64)),
             ("nats", nats.sum(0)),  # (T-1,)
@@ -193,26 +193,41 @@ class LabModule(L.LightningModule):
             ("certified", certified.double().sum()),
         ):
             s[key] = s[key] + value if key in s else value
-        return {"example_bits": (nats * self.model_mask).sum(1) / LN2}  # (B,) model-coded bits per example
+        return (nats * self.model_mask).sum(1) / LN2  # (B,) model-coded bits per example
 
     def on_validation_epoch_end(self) -> None:
-        task = self.task
+        tr = self.cfg.train
+        metrics = self._metrics()
+        target = metrics.get(tr.stop_metric)
+        confirm = self.task.confirm_sets(tr.stop_metric) if tr.stop_at is not None and target is not None else {}
+        if confirm:  # near the stop, the confirmation rows are pooled with the regular ones before it decides
+            near = self.task.confirm_due(metrics, tr.stop_metric, tr.stop_at)
+            for name, rows in confirm.items() if near else ():
+                for x in torch.from_numpy(rows).to(self.device).split(tr.eval_batch_size):
+                    self._score(x, name)
+            if near:
+                metrics = self._metrics()
+                target = metrics.get(tr.stop_metric)
+            metrics["val/confirmed"] = float(near)
+        log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
+        self.last_eval = metrics
+        self.log_dict({k: v for k, v in metrics.items() if k != "val/exact_match"}, logger=False)
+        if "val/exact_match" in metrics:
+            self.log("val/exact_match", metrics["val/exact_match"], prog_bar=True, logger=False)
+        if tr.stop_at is not None and target is not None and target >= tr.stop_at:
+            self.trainer.should_stop = True
+
+    def _metrics(self) -> dict[str, float]:
+        """The evaluation's metrics from the running counts of every set scored so far."""
         scores = {}
         for name, s in self._eval.items():
             s = {k: v.cpu().numpy() for k, v in s.items()}  # one transfer per evaluation
             n = float(s["n"])
             scores[name] = Score(n, s["nats"] / n, float(s["exact"]) / n, float(s["certified"]) / n, s["correct"] / n)
         metrics = self.common_metrics(scores)
-        metrics.update(task.eval_metrics(scores))
+        metrics.update(self.task.eval_metrics(scores))
         metrics["examples_seen"] = float(self.examples_seen)
-        log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
-        self.last_eval = metrics
-        self.log_dict({k: v for k, v in metrics.items() if k != "val/exact_match"}, logger=False)
-        if "val/exact_match" in metrics:
-            self.log("val/exact_match", metrics["val/exact_match"], prog_bar=True, logger=False)
-        target, stop_at = metrics.get(self.cfg.train.stop_metric), self.cfg.train.stop_at
-        if stop_at is not None and target is not None and target >= stop_at:
-            self.trainer.should_stop = True
+        return metrics
 
     def common_metrics(self, scores: dict[str, Score]) -> dict[str, float]:
         """The metrics every task has: of "val" (held-out) and, for a table task, of "train"."""

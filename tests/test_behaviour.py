@@ -29,7 +29,8 @@ COMMON = ["train.threads=1", "log.wandb=false", "log.progress_bar=false", "model
 RUNS = {
     "addition": ("configs/addition.yaml", [
         "task.n_digits=4", "task.n_heldout=200", "task.n_chain=20", "task.loss_on=answer", "task.label_noise=0.02",
-        "model.n_layer=2", "train.batch_size=32", "train.max_steps=40", "train.eval_every=20", "log.every=5"]),
+        "model.n_layer=2", "train.batch_size=32", "train.max_steps=40", "train.eval_every=20", "log.every=5",
+        "task.n_chain_confirm=0"]),  # recorded before the config had confirmation sums (they leave the stream)
     "modular": ("configs/grokking-arrivals.yaml", [
         "task.p=23", "task.arrival_steps=20", "task.label_noise=0.05", "model.n_layer=1", "train.batch_size=32",
         "train.max_steps=40", "train.eval_every=10", "log.every=5"]),

@@ -59,10 +59,12 @@ def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path, tiny_addition)
     """With the loss on the answer, the operands are sent by the task's law: bits/total = the operands'
     exact law cost (log2 of the number of pairs the stream can yield, for every example) + the model's
     answer bits; their excess is zero but for the realised-vs-expected spread of single positions."""
-    result = train(tiny_addition(tmp_path, "task.loss_on=answer", "task.chain_prob=0"))  # the uniform law
+    result = train(tiny_addition(tmp_path, "task.loss_on=answer", "task.chain_prob=0",  # the uniform law, but for
+                                 "task.n_chain_confirm=0"))  # the evaluation sets (few: the spread below stays small)
     task, t = result.module.task, result.bits.totals()
     n = t["bits/examples"]
-    excluded = 200 + sum(len(p) for p in task.chain_pairs.values())  # held-out and carry-chain sets
+    excluded = 200 + sum(len(p) for p in [*task.chain_pairs.values(), *task.confirm_pairs.values()])  # held-out,
+    # carry-chain and confirmation sets
     pairs = 900 * 900 - excluded  # 3-digit operands the stream can yield
     law = sum(v for k, v in t.items() if k.startswith("bits/pos/") and k[len("bits/pos/")] in "ab")
     assert law == pytest.approx(n * math.log2(pairs), rel=1e-12)

@@ -16,8 +16,9 @@ def _rewrite(path, header, code_bytes):
     path.write_bytes(body + hashlib.sha256(body).digest())
 
 
-def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path, tiny_addition):
-    cfg = tiny_addition(tmp_path, "train.max_steps=12", "train.lr=3e-3")
+@pytest.mark.parametrize("more", [[], ["train.optimizer=muon", "model.qk_norm=true"]])  # the receiver replays Muon
+def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path, tiny_addition, more):
+    cfg = tiny_addition(tmp_path, "train.max_steps=12", "train.lr=3e-3", *more)
     n = 12 * cfg.train.batch_size
     stats = compress(cfg, n, tmp_path / "s.clab")
     decompress(tmp_path / "s.clab", tmp_path / "out.txt")

@@ -31,6 +31,12 @@ def test_generation_with_cache_equals_naive_greedy_decoding():
         for _ in range(29 - a):
             seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(answer, seq[:, a:])
+    x[::2, a:] = seq[::2, a:]  # half the rows hold their greedy answer (not decoded again), half do not
+    x[1, -1] = (seq[1, -1] + 1) % 14  # and one of them differs from it at its last token only
+    x[1, a:-1] = seq[1, a:-1]
+    logits, answer = model.score_and_generate(x, a)
+    assert torch.equal(answer, seq[:, a:])
+    assert torch.equal(answer[::2], x[::2, a:]) and not torch.equal(answer[1], x[1, a:])
 
 
 def test_cpu_attention_equals_pytorch_sdpa():
@@ -153,3 +159,20 @@ def test_row_cache_gives_the_whole_forwards_rows_bit_for_bit(threads, root):
                 assert np.array_equal(rows, full), (path, B)
     finally:
         torch.set_num_threads(old)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    torch.manual_seed(0)
+    x = torch.randint(0, 14, (4, 28))
+    outs = {}
+    for qk_norm in (False, True):
+        torch.manual_seed(1)
+        model = GPT(GPTConfig(vocab_size=14, block_size=28, n_layer=1, n_head=2, n_embd=32, qk_norm=qk_norm)).eval()
+        with torch.no_grad():
+            before = model(x)
+            w, b = model.blocks[0].attn.c_attn.weight, model.blocks[0].attn.c_attn.bias
+            w[:64] *= 3.0  # queries and keys three times larger
+            b[:64] *= 3.0
+            outs[qk_norm] = (before, model(x))
+    assert not torch.allclose(*outs[False], atol=1e-4)  # without the norm the scores change
+    torch.testing.assert_close(*outs[True], atol=1e-5, rtol=1e-4)  # with it they do not

@@ -288,12 +288,35 @@ def test_carry_chain_sets_cover_every_length_and_stay_out_of_the_stream():
         assert not set(zip(a.tolist(), b.tolist())) & seen_pairs
 
 
+def test_confirmation_sums_are_new_sums_of_each_length_kept_out_of_the_stream():
+    task = Addition.of(n_digits=4, n_heldout=300, n_chain=50, n_chain_confirm=100, seed=3)
+    plain = Addition.of(n_digits=4, n_heldout=300, n_chain=50, seed=3)
+    for name, x in plain.eval_sets().items():  # the regular sets are those of a task without them
+        np.testing.assert_array_equal(task.eval_sets()[name], x)
+    confirm = task.confirm_sets("val/rule")
+    assert list(confirm) == [f"chain_{k}" for k in range(4)]
+    assert task.confirm_sets("val/exact_match") == {} and plain.confirm_sets("val/rule") == {}
+    regular = {tuple(p) for x in task.eval_sets().values() for p in zip(*map(np.ndarray.tolist, task.operands(x)))}
+    seen = set()
+    for k, x in enumerate(confirm.values()):
+        a, b = task.operands(x)
+        assert len(x) == 100 and (longest_chain(a, b, 4) == k).all()
+        np.testing.assert_array_equal(x, task.encode(a, b))
+        pairs = set(zip(a.tolist(), b.tolist()))
+        assert len(pairs) == 100 and not pairs & seen and not pairs & regular
+        seen |= pairs
+    for step in range(200):  # the stream never yields them
+        a, b = task.operands(task.train_batch(step, 256).x)
+        assert not set(zip(a.tolist(), b.tolist())) & seen
+
+
 def test_floors_exclude_the_chain_sets_too():
-    task = Addition.of(n_digits=2, n_heldout=1000, n_chain=300)
+    task = Addition.of(n_digits=2, n_heldout=1000, n_chain=300, n_chain_confirm=100)
     excluded = {tuple(p) for p in task.heldout_pairs.tolist()}
-    for pairs in task.chain_pairs.values():
+    for pairs in [*task.chain_pairs.values(), *task.confirm_pairs.values()]:  # and the confirmation sums
         excluded |= {tuple(p) for p in pairs.tolist()}
-    assert len(excluded) == 1000 + sum(len(p) for p in task.chain_pairs.values()) > 1300
+    assert len(excluded) == 1000 + sum(len(p) for p in [*task.chain_pairs.values(), *task.confirm_pairs.values()])
+    assert len(excluded) > 1300 and sum(map(len, task.confirm_pairs.values())) > 100
     pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if (a, b) not in excluded]
     rows = task.encode(*np.array(pairs).T)
     H = conditional_entropies({tuple(r): 1 / len(rows) for r in rows.tolist()})

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -63,9 +64,14 @@ class Interrupt(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize("kind", ["addition", "modular"])
-def test_ctrl_c_then_resume_loses_nothing(tmp_path, kind, tiny_addition, tiny_modular):
-    make_cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
+@pytest.mark.parametrize("kind,more", [("addition", []), ("modular", []),  # and Muon's state:
+                                       ("addition", ["train.optimizer=muon", "model.qk_norm=true"])])
+def test_ctrl_c_then_resume_loses_nothing(tmp_path, kind, more, tiny_addition, tiny_modular):
+    cfg = {"addition": tiny_addition, "modular": tiny_modular}[kind]
+
+    def make_cfg(path, *overrides):
+        return cfg(path, *more, *overrides)
+
     # dropout > 0 checks that the RNG state travels with the checkpoint
     full = train(make_cfg(tmp_path / "a", "model.dropout=0.1"))
     stopped = train(make_cfg(tmp_path / "b", "model.dropout=0.1"), extra_callbacks=[Interrupt(13)])
@@ -161,6 +167,33 @@ def test_addition_runs_score_the_rule_by_carry_chain_length(tmp_path, tiny_addit
     assert rows and all(r["val/chain_exact_min"] == min(r[f"val/chain_exact/{k}"] for k in range(3)) for r in rows)
     assert all(r["val/rule"] == min(r["val/chain_exact_min"], r["val/exact_match"]) for r in rows)  # and held-out
     assert not any("val/chain_exact/3" in r for r in rows)  # 3 digits: chains of 0, 1 or 2 digits
+
+
+def test_the_rule_near_the_stop_is_decided_on_the_regular_and_confirmation_sums_pooled(tmp_path, tiny_addition):
+    from lab.build import load_trained
+
+    cfg = tiny_addition(tmp_path, "task.n_chain=20", "task.n_chain_confirm=60", "train.stop_metric=val/chain_exact_min",
+                        "train.stop_at=0.01", "train.max_steps=10")  # a lowest chain of 0 is within 0.015 of 0.01
+    result = train(cfg)
+    last = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "val/rule" in r][-1]
+    assert last["val/confirmed"] == 1.0
+    b, step = load_trained(result.run_dir)
+    assert step == last["step"] == 10  # the weights the last evaluation scored
+    sets, confirm = b.task.eval_sets(), b.task.confirm_sets("val/chain_exact_min")
+    for k in range(3):
+        x = torch.from_numpy(np.concatenate([sets[f"chain_{k}"], confirm[f"chain_{k}"]]))  # (80, T)
+        _, answer = b.module.model.score_and_generate(x, b.task.answer_start)
+        exact = (answer == x[:, b.task.answer_start:]).all(1).double().mean().item()
+        assert last[f"val/chain_exact/{k}"] == pytest.approx(exact, abs=1e-12)
+    far = train(tiny_addition(tmp_path / "far", "task.n_chain_confirm=60", "train.stop_metric=val/rule",
+                              "train.stop_at=0.99", "train.max_steps=10"))  # an untrained model is far from 0.99
+    assert [r["val/confirmed"] for r in read_metrics(far.run_dir / "metrics.jsonl") if "val/rule" in r] == [0.0]
+    task = b.task  # for the rule, the held-out sums must be at the stop too (below it the rule cannot pass)
+    near = {"val/exact_match": 0.99, "val/chain_exact_min": 0.976, "val/rule": 0.976}
+    assert task.confirm_due(near, "val/rule", 0.99) and not task.confirm_due(near, "val/rule", 0.992)
+    assert task.confirm_due({**near, "val/exact_match": 0.5}, "val/chain_exact_min", 0.99)
+    assert not task.confirm_due({**near, "val/exact_match": 0.985, "val/rule": 0.976}, "val/rule", 0.99)
+    assert not task.confirm_due({**near, "val/chain_exact_min": 0.97, "val/rule": 0.97}, "val/rule", 0.99)
 
 
 @pytest.mark.parametrize("kind", ["addition", "modular"])

@@ -69,6 +69,10 @@ class AdditionConfig(TaskConfig):
     n_chain: int = 200
     """Sums per carry-chain length 0..n-1 for the rule's evaluation (val/chain_exact/<k>), never in the
     stream."""
+    n_chain_confirm: int = 0
+    """More sums per length, scored only near the stop (the lowest chain on the n_chain sums within 0.015 of
+    train.stop_at, and for val/rule held-out exact match at it) and pooled with them before the run stops
+    on val/rule or val/chain_exact_min (never in the stream)."""
     chain_prob: float = 0.0
     """Training stream only: each pair below the leading one sums to 9 with this probability (0: uniform)."""
 
@@ -83,6 +87,9 @@ class AdditionConfig(TaskConfig):
               f"{Addition.max_eval_rows:,} (the held-out set is built in memory)")
         check(0 <= self.n_chain * n <= Addition.max_eval_rows, "task.n_chain",
               f"{self.n_chain} is negative or n_digits x n_chain is more than {Addition.max_eval_rows:,}")
+        check(0 <= self.n_chain_confirm * n <= Addition.max_eval_rows, "task.n_chain_confirm",
+              f"{self.n_chain_confirm} is negative or n_digits x n_chain_confirm is more than "
+              f"{Addition.max_eval_rows:,}")
         check(0 <= self.chain_prob < 1, "task.chain_prob", f"{self.chain_prob} is not in [0, 1)")
 
 
@@ -94,6 +101,8 @@ class Addition(OperandTask):
     small = {"n_digits": 1, "n_heldout": 10, "n_chain": 3}
 
     headline = {"val/chain_exact_min": "lowest chain", "val/rule": "rule"}  # (the evaluation and done lines)
+    confirmed = ("val/chain_exact_min", "val/rule")  # stop metrics checked on the confirmation sums
+    confirm_margin = 0.015
 
     def __init__(self, cfg: AdditionConfig | None = None, seed: int = 0):
         super().__init__(cfg, seed)
@@ -124,6 +133,12 @@ class Addition(OperandTask):
             out["val/rule"] = min(out["val/chain_exact_min"], scores["val"].exact)
         return out
 
+    def confirm_due(self, metrics: dict[str, float], stop_metric: str, stop_at: float) -> bool:
+        """Near the stop, and for the rule the held-out sums (2,000, precise already) at stop_at: below it
+        the rule cannot pass whatever the chain sums say."""
+        held_out = stop_metric != "val/rule" or metrics["val/exact_match"] >= stop_at
+        return held_out and super().confirm_due(metrics, stop_metric, stop_at)
+
     @classmethod
     def metric_names(cls, cfg: AdditionConfig) -> list[str]:
         return super().metric_names(cfg) + (["val/chain_exact_min", "val/rule"] if cfg.n_chain > 0 else [])
@@ -134,16 +149,23 @@ class Addition(OperandTask):
         return {int(name.split("_")[1]): pairs for name, pairs in self.extra_pairs.items()}
 
     def _extra_sets(self, taken: set) -> dict[str, np.ndarray]:
-        """`chain_k`: up to `n_chain` distinct pairs whose longest carry chain is exactly k, for k = 0..n-1,
-        none in `taken` (and at most half the pairs excluded in all). Proposals: uniform digits, then a
-        pair summing to >= 10 at a random start and pairs summing to 9 above it; kept if the chain is
-        exactly k."""
-        n, lo, per_length = self.n, self.lo, self.n_chain
+        """`chain_k`: `n_chain` sums whose longest carry chain is exactly k, for k = 0..n-1; then the
+        `n_chain_confirm` more per length of the confirmation (`confirm_pairs`, a stream of their own)."""
+        sets = self._chain_sets(taken, self.n_chain, 7)
+        self.confirm_pairs = self._chain_sets(taken, self.cfg.n_chain_confirm, 8)
+        return sets
+
+    def _chain_sets(self, taken: set, per_length: int, stream: int) -> dict[str, np.ndarray]:
+        """`chain_k`: up to `per_length` distinct pairs whose longest carry chain is exactly k, for k = 0..n-1,
+        none in `taken` (and at most half the pairs excluded in all; they are added to it). Proposals: uniform
+        digits, then a pair summing to >= 10 at a random start and pairs summing to 9 above it; kept if the
+        chain is exactly k."""
+        n, lo = self.n, self.lo
         budget = ((10**n - lo) ** 2 // 2 - len(taken)) // n
         per_length = max(0, min(per_length, budget))
         if per_length == 0:
             return {}
-        rng = rng_for(self.seed, 7)
+        rng = rng_for(self.seed, stream)
         allowed = [np.arange(1 if (i == n - 1 and not self.leading_zeros) else 0, 10) for i in range(n)]  # 10^i
         out = {}
         for k in range(n):

@@ -282,6 +282,21 @@ class Task:
         way for every task): here `val/clean_exact_match`; a task with sets of its own extends this."""
         return {"val/clean_exact_match": scores["val_clean"].exact} if "val_clean" in scores else {}
 
+    confirmed: tuple[str, ...] = ()  # stop metrics that `confirm_sets` checks
+    confirm_margin: float = 0.0
+
+    def confirm_sets(self, stop_metric: str) -> dict[str, np.ndarray]:
+        """More rows of evaluation sets, by the sets' names, each (N, T) int64: scored only at an evaluation
+        where `confirm_due`, and pooled with those sets before the run may stop. A stop rule precise where
+        it decides, cheap everywhere else (addition: 200 sums per carry-chain length every evaluation,
+        1,500 when the rule is near)."""
+        return {}
+
+    def confirm_due(self, metrics: dict[str, float], stop_metric: str, stop_at: float) -> bool:
+        """Whether this evaluation's metrics on the regular sets are near enough the stop to score the
+        confirmation rows: `stop_metric` within `confirm_margin` of `stop_at`."""
+        return metrics.get(stop_metric, -1.0) >= stop_at - self.confirm_margin
+
     @classmethod
     def metric_names(cls, cfg: TaskConfig) -> list[str]:
         """The evaluation shares (in [0, 1]) a run of this task with options `cfg` logs, which

@@ -212,8 +212,10 @@ class OperandTask(Task):
         self.law = OperandLaw(widths, leading_zeros, np.zeros((0, 2), dtype=np.int64), chain_prob)  # (for sampling)
         self.heldout_pairs = self._draw_heldout(cfg.n_heldout)
         taken = set(map(tuple, self.heldout_pairs.tolist()))
+        self.confirm_pairs: dict[str, np.ndarray] = {}  # (a subclass's _extra_sets may add its own)
         self.extra_pairs = self._extra_sets(taken)
-        excluded = np.concatenate([self.heldout_pairs, *self.extra_pairs.values()])  # never in the stream
+        excluded = np.concatenate([self.heldout_pairs, *self.extra_pairs.values(),
+                                   *self.confirm_pairs.values()])  # never in the stream
         self._excluded = set(map(tuple, excluded.tolist()))
         self.law = OperandLaw(widths, leading_zeros, excluded, chain_prob)
 
@@ -334,6 +336,13 @@ class OperandTask(Task):
         for name, pairs in self.extra_pairs.items():  # clean answers
             sets[name] = self.encode(pairs[:, 0], pairs[:, 1])
         return sets
+
+    def confirm_sets(self, stop_metric: str) -> dict[str, np.ndarray]:
+        if stop_metric not in self.confirmed or not self.confirm_pairs:
+            return {}
+        if not hasattr(self, "_confirm_rows"):  # encoded once, on first use
+            self._confirm_rows = {name: self.encode(p[:, 0], p[:, 1]) for name, p in self.confirm_pairs.items()}
+        return self._confirm_rows
 
     def exact_law(self) -> tuple[np.ndarray, np.ndarray]:
         """Every allowed pair but the excluded ones, weighted by mu; every answer string under noise."""
