@@ -159,9 +159,9 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
 def rule_pass_probability(cfg: Config, error: float = 0.005) -> float:
     """The chance that one evaluation of a model wrong on a share `error` of the sums of every kind (held-out
     and each carry-chain length, independently) passes the rule: held-out exact match >= stop_at on
-    n_heldout sums, and each length's >= stop_at - confirm_margin on n_chain sums (the screen) and >=
+    n_heldout sums, and each length's >= stop_at - 3 / n_chain on n_chain sums (the screen) and >=
     stop_at on the n_chain + n_chain_confirm sums pooled (without confirmation sums: >= stop_at on n_chain)."""
-    from lab.tasks.addition import Addition
+    from lab.tasks.addition import screen_margin
 
     t, stop = cfg.task, cfg.train.stop_at
 
@@ -178,7 +178,7 @@ def rule_pass_probability(cfg: Config, error: float = 0.005) -> float:
     if n2 == 0:
         chain = at_most(n1, errors_allowed(n1, stop))
     else:
-        screen, pooled = errors_allowed(n1, stop - Addition.confirm_margin), errors_allowed(n1 + n2, stop)
+        screen, pooled = errors_allowed(n1, stop - screen_margin(n1)), errors_allowed(n1 + n2, stop)
         chain = sum(pmf(n1, e) * at_most(n2, pooled - e) for e in range(screen + 1))
     return chain**t.n_digits * at_most(t.n_heldout, errors_allowed(t.n_heldout, stop))
 

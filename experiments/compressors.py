@@ -14,11 +14,11 @@ or `--parallel` with `--set train.threads=1`: the training run and the encoder s
 Every command for one N uses the largest batch size up to the config's that divides N (250 for
 addition at N = 10^4, 10^5, 10^6), so the training run, the coder and the text hold the same N examples.
 
-Tasks: 8-digit addition on the reference's uniform law (configs/addition-uniform.yaml: the operands and
-the sum coded by the model), the same on `make addition`'s chain-rich stream (`addition-chain`,
-configs/addition.yaml) and the grokking recipe, a+b mod 97 (configs/grokking.yaml: the question of
-each scheduled row is known to the receiver, the answer is coded by the model; `lab.bits` states the
-definition). The modular stream revisits its train split epoch after epoch: its floor counts
+Tasks: 8-digit addition on the reference's uniform law (configs/addition-uniform.yaml: the operands and the
+sum coded by the model), the same on the chain-rich stream of `make addition` until 2026-12-01
+(`addition-chain`, configs/addition-adamw.yaml) and the grokking recipe, a+b mod 97 (configs/grokking.yaml:
+the question of each scheduled row is known to the receiver, the answer is coded by the model; `lab.bits`
+states the definition). The modular stream revisits its train split epoch after epoch: its floor counts
 first-pass examples only (a receiver that knows the schedule gets revisits free; text compressors see
 them as repeats). The "file / logged" column is the arithmetic code's size over the logged bits/total
 (the lab promises within 0.05% + 64 bits).
@@ -40,7 +40,7 @@ COMPRESSORS = {"gzip -9": ["gzip", "-9", "-c"], "bzip2 -9": ["bzip2", "-9", "-c"
                "xz -9e": ["xz", "-9e", "-c"], "zstd -19": ["zstd", "-19", "-c", "-q"]}
 TASKS = {
     "addition": ("configs/addition-uniform.yaml", []),
-    "addition-chain": ("configs/addition.yaml", []),
+    "addition-chain": ("configs/addition-adamw.yaml", []),
     "grokking": ("configs/grokking.yaml", []),
 }
 ENV = {**os.environ, "WANDB_MODE": "disabled"}

@@ -27,7 +27,7 @@ DATA = ROOT / "tests" / "data" / "behaviour"
 COMMON = ["train.threads=1", "log.wandb=false", "log.progress_bar=false", "model.preset=gpt-nano",
           "train.checkpoint_every=1000"]
 RUNS = {
-    "addition": ("configs/addition.yaml", [
+    "addition": ("configs/addition-adamw.yaml", [  # the default when recorded (AdamW, no QK-norm)
         "task.n_digits=4", "task.n_heldout=200", "task.n_chain=20", "task.loss_on=answer", "task.label_noise=0.02",
         "model.n_layer=2", "train.batch_size=32", "train.max_steps=40", "train.eval_every=20", "log.every=5",
         "task.n_chain_confirm=0"]),  # recorded before the config had confirmation sums (they leave the stream)

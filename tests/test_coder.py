@@ -16,7 +16,7 @@ def _rewrite(path, header, code_bytes):
     path.write_bytes(body + hashlib.sha256(body).digest())
 
 
-@pytest.mark.parametrize("more", [[], ["train.optimizer=muon", "model.qk_norm=true"]])  # the receiver replays Muon
+@pytest.mark.parametrize("more", [[], ["train.optimizer=adamw", "model.qk_norm=false"]])  # Muon (the default), AdamW
 def test_round_trip_is_exact_and_matches_the_logged_bits(tmp_path, tiny_addition, more):
     cfg = tiny_addition(tmp_path, "train.max_steps=12", "train.lr=3e-3", *more)
     n = 12 * cfg.train.batch_size

@@ -7,7 +7,7 @@ from lab.optim import Joint, Muon
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(root):
-    b = build(load(f"{root}/configs/addition.yaml", ["train.optimizer=muon", "model.qk_norm=true"]))
+    b = build(load(f"{root}/configs/addition.yaml"))  # the default: Muon and QK-norm
     opt, _ = b.optimizer()
     assert isinstance(opt, Joint)
     adamw, muon = opt.optimizers
@@ -19,7 +19,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(root):
     assert {"wte.weight", "lm_head.weight", "blocks.0.attn.q_gain"} <= in_adamw
     assert [g["weight_decay"] for g in adamw.param_groups] == [b.cfg.train.weight_decay, 0.0]
     assert opt.param_groups == adamw.param_groups + muon.param_groups  # a scheduler scales all of them
-    plain, _ = build(load(f"{root}/configs/addition.yaml")).optimizer()
+    plain, _ = build(load(f"{root}/configs/addition.yaml", ["train.optimizer=adamw"])).optimizer()
     assert isinstance(plain, torch.optim.AdamW)
 
 

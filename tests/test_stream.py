@@ -22,7 +22,7 @@ spec.loader.exec_module(stream_check)
 ROWS = stream_check.rows()
 
 
-SLOW_ROWS = {"addition-reference.yaml", "addition-uniform.yaml"}  # gpt-mini and a twin of addition.yaml: test-full
+SLOW_ROWS = {"addition-reference.yaml", "addition-uniform.yaml"}  # gpt-mini, a twin of addition-adamw.yaml: test-full
 
 
 @pytest.mark.parametrize("label", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_ROWS else k for k in ROWS])

@@ -70,8 +70,8 @@ class AdditionConfig(TaskConfig):
     """Sums per carry-chain length 0..n-1 for the rule's evaluation (val/chain_exact/<k>), never in the
     stream."""
     n_chain_confirm: int = 0
-    """More sums per length, scored only near the stop (the lowest chain on the n_chain sums within 0.015 of
-    train.stop_at, and for val/rule held-out exact match at it) and pooled with them before the run stops
+    """More sums per length, scored only near the stop (the lowest chain on the n_chain sums within 3 / n_chain
+    of train.stop_at, and for val/rule held-out exact match at it) and pooled with them before the run stops
     on val/rule or val/chain_exact_min (never in the stream)."""
     chain_prob: float = 0.0
     """Training stream only: each pair below the leading one sums to 9 with this probability (0: uniform)."""
@@ -102,7 +102,11 @@ class Addition(OperandTask):
 
     headline = {"val/chain_exact_min": "lowest chain", "val/rule": "rule"}  # (the evaluation and done lines)
     confirmed = ("val/chain_exact_min", "val/rule")  # stop metrics checked on the confirmation sums
-    confirm_margin = 0.015
+
+    @property
+    def confirm_margin(self) -> float:
+        """The screen lets a length through with 3 errors more than the stop allows (200 sums: 0.015)."""
+        return screen_margin(self.n_chain)
 
     def __init__(self, cfg: AdditionConfig | None = None, seed: int = 0):
         super().__init__(cfg, seed)
@@ -197,6 +201,11 @@ class Addition(OperandTask):
             taken |= set(map(tuple, pairs.tolist()))
             out[f"chain_{k}"] = pairs
         return out
+
+
+def screen_margin(n_chain: int) -> float:
+    """How far below stop_at the lowest chain on n_chain sums may be for the confirmation to be scored."""
+    return 3 / n_chain if n_chain else 0.0
 
 
 def longest_chain(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:

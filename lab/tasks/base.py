@@ -282,13 +282,13 @@ class Task:
         way for every task): here `val/clean_exact_match`; a task with sets of its own extends this."""
         return {"val/clean_exact_match": scores["val_clean"].exact} if "val_clean" in scores else {}
 
-    confirmed: tuple[str, ...] = ()  # stop metrics that `confirm_sets` checks
+    confirmed: tuple[str, ...] = ()  # stop metrics that `confirm_sets` checks: minima over the sets confirmed
     confirm_margin: float = 0.0
 
     def confirm_sets(self, stop_metric: str) -> dict[str, np.ndarray]:
         """More rows of evaluation sets, by the sets' names, each (N, T) int64: scored only at an evaluation
         where `confirm_due`, and pooled with those sets before the run may stop. A stop rule precise where
-        it decides, cheap everywhere else (addition: 200 sums per carry-chain length every evaluation,
+        it decides, cheap everywhere else (`make addition`: 100 sums per carry-chain length every evaluation,
         1,500 when the rule is near)."""
         return {}
 
