@@ -202,9 +202,9 @@ class LabModule(L.LightningModule):
         target = metrics.get(tr.stop_metric)
         confirm = self.task.confirm_sets(tr.stop_metric) if tr.stop_at is not None and target is not None else {}
         if confirm:  # near the stop, the confirmation rows are pooled with the regular ones before it decides
-            pooled = self._confirm(confirm) if self.task.confirm_due(metrics, tr.stop_metric, tr.stop_at) else 0
-            if pooled:
-                metrics = self._metrics()
+            pooled = 0
+            if self.task.confirm_due(metrics, tr.stop_metric, tr.stop_at):
+                pooled, metrics = self._confirm(confirm)
                 target = metrics.get(tr.stop_metric)
             metrics["val/confirmed"] = pooled / len(confirm)
         log_metrics(self.trainer, metrics)  # float64 to the files; self.log below feeds the bar and report
@@ -215,19 +215,20 @@ class LabModule(L.LightningModule):
         if tr.stop_at is not None and target is not None and target >= tr.stop_at:
             self.trainer.should_stop = True
 
-    def _confirm(self, confirm: dict[str, np.ndarray]) -> int:
+    def _confirm(self, confirm: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
         """Pool each set's confirmation rows with it, the set with the lowest exact match first, until the stop
-        metric falls below `stop_at` -> how many sets were pooled. The metrics a task confirms are minima over
-        its sets (`Task.confirmed`): once one set fails, this evaluation cannot stop the run whatever the
-        others say, so they are left as the regular rows scored them."""
+        metric falls below `stop_at` -> (how many sets were pooled, the metrics then). The metrics a task
+        confirms are minima over its sets (`Task.confirmed`): once one set fails, this evaluation cannot stop
+        the run whatever the others say, so they are left as the regular rows scored them."""
         tr = self.cfg.train
         order = sorted(confirm, key=lambda name: float(self._eval[name]["exact"] / self._eval[name]["n"]))
         for i, name in enumerate(order, 1):
             for x in torch.from_numpy(confirm[name]).to(self.device).split(tr.eval_batch_size):
                 self._score(x, name)
-            if self._metrics()[tr.stop_metric] < tr.stop_at:
-                return i
-        return len(order)
+            metrics = self._metrics()
+            if metrics[tr.stop_metric] < tr.stop_at:
+                return i, metrics
+        return len(order), metrics
 
     def _metrics(self) -> dict[str, float]:
         """The evaluation's metrics from the running counts of every set scored so far."""
