@@ -13,8 +13,9 @@ held-out exact match (greedy generation, checked every `train.eval_every` steps)
 examples and the wall seconds (evaluations included) at the first evaluation that reached it, and the
 epistemic bits spent by then; finally the last windowed bits/example against the floor and the
 epistemic bits of the whole run, the FLOP/s fraction (below) and the evaluations' share of the wall
-time. When the run stops at the rule it also prints the chance that one evaluation of a model right 99.5% (99%) of the
-time on every kind of sum passes the config's stop rule.
+time (the whole run's, the last evaluation included; each evaluation's seconds follow the row). When
+the run stops at the rule it also prints the chance that one evaluation of a model right 99.5% (99%)
+of the time on every kind of sum passes the config's stop rule.
 `--append FILE` adds the rows to a markdown results file.
 
 Every mode also prints the machine's own matrix-multiply throughput on the model's shapes (each matmul
@@ -108,6 +109,7 @@ class Clock(L.Callback):
         self.marks: list[dict] = []
         self.step_times: list[float] = []  # perf_counter at the end of each training step
         self.eval_seconds = 0.0
+        self.evals: list[tuple[float, float]] = []  # (start, end) perf_counter of each evaluation
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.t0 = time.perf_counter()
@@ -123,9 +125,11 @@ class Clock(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         now = time.perf_counter()
         self.eval_seconds += now - self._v0
+        self.evals.append((self._v0, now))
         bits = next(c for c in trainer.callbacks if isinstance(c, PrequentialCode)).totals()
         self.marks.append({
             "step": trainer.global_step, "examples": pl_module.examples_seen, "seconds": now - self.t0,
+            "eval_seconds": now - self._v0,
             "exact": pl_module.last_eval.get("val/exact_match", 0.0), "epistemic": bits["bits/epistemic"],
             "rule": pl_module.last_eval.get("val/rule", math.nan),
         })
@@ -135,7 +139,8 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
     """One run to 99% or the budget -> the figures of one table row."""
     clock = Clock(budget)
     res = train(cfg, name, extra_callbacks=[clock])
-    wall = clock.step_times[-1] - clock.t0
+    t = clock.step_times
+    wall = max([t[-1], *(end for _, end in clock.evals)]) - clock.t0  # the last evaluation (after the last step) too
     n, task = res.module.examples_seen, res.module.task
     row = {
         "ex/s": n / (wall - clock.eval_seconds), "steps": res.trainer.global_step, "examples": n,
@@ -151,7 +156,8 @@ def learn(cfg: Config, budget: float, name: str) -> dict:
         row[level] = hit
     row["rule"] = next((m for m in clock.marks if m["rule"] >= RULE), None)
     row["final_rule"] = clock.marks[-1]["rule"] if clock.marks else math.nan
-    row["steps/s"] = (len(clock.step_times) - 1) / (wall - clock.eval_seconds) if len(clock.step_times) > 1 else 0
+    between = sum(end - start for start, end in clock.evals if t[0] <= start and end <= t[-1])  # in the steps' span
+    row["steps/s"] = (len(t) - 1) / (t[-1] - t[0] - between) if len(t) > 1 else 0
     row["flops_line"], row["flops"] = flops_line(res.module.model, res.bits.batch_size, task.block_size, row["steps/s"])
     return row
 
@@ -279,8 +285,9 @@ def main() -> None:
         row = learn(cfg, args.budget, f"{Path(args.config).stem}-s{seed}")
         flops.append(f"seed {seed}: {row['flops_line']}")
         lines.append(fmt_row(label, seed, row))
+        each = ", ".join(f"{m['eval_seconds']:.1f}" for m in row["marks"])
         print(f"{lines[-1]}\n  {row['run_dir']}: {row['steps']} steps, evaluation {row['eval_seconds']:.0f} s "
-              f"of {row['seconds']:.0f} s\n  {flops[-1]}", flush=True)
+              f"of {row['seconds']:.0f} s (each: {each})\n  {flops[-1]}", flush=True)
     table = "\n".join(lines)
     if cfg.task.name == "addition" and cfg.train.stop_metric == "val/rule" and cfg.train.stop_at:
         t = cfg.task

@@ -122,10 +122,11 @@ class CausalSelfAttention(nn.Module):
         att = F.dropout(att.softmax(-1), p, self.training)
         return att @ v  # (B, h, t, d)
 
-    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None) -> torch.Tensor:
-        """x (B, t, C) -> (B, t, C). With `cache` (`KVCache`, `lab.rowcache.RowCache`), the new positions
-        attend through it to the cached earlier ones (`cache.attend`). `rope` (cos, sin), each
-        (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None, first: int = 0) -> torch.Tensor:
+        """x (B, t, C) -> (B, t - first, C): the outputs of positions `first` on (keys and values come from
+        every position; `first` only without a cache). With `cache` (`KVCache`, `lab.rowcache.RowCache`),
+        the new positions attend through it to the cached earlier ones (`cache.attend`). `rope` (cos, sin),
+        each (t, 1, 1, d/2), rotates queries and keys by the positions' ids."""
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, t, 3, h, d)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, t, 2, h, d), (B, t, h, d)
@@ -133,9 +134,12 @@ class CausalSelfAttention(nn.Module):
             qk = F.rms_norm(qk, qk.shape[-1:]) * torch.stack([self.q_gain, self.k_gain])[:, None]  # (B, t, 2, h, d)
         if rope is not None:
             qk = self.rotate(qk, rope)  # queries and keys in one go
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (*qk.unbind(2), v))  # 3 x (B, h, t, d)
-        y = self._attend(q, k, v, True) if cache is None else cache.attend(self, layer, q, k, v)  # (B, h, t, d)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, t, C)
+        q, k = qk.unbind(2)  # 2 x (B, t, h, d)
+        if first:
+            q = q[:, first:]  # (B, t - first, h, d) the queries of positions `first` on
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # (B, h, t - first, d), 2 x (B, h, t, d)
+        y = self._attend(q, k, v, True, first) if cache is None else cache.attend(self, layer, q, k, v)
+        y = y.transpose(1, 2).contiguous().view(B, T - first, C)  # (B, t - first, C)
         return self.resid_drop(self.c_proj(y))
 
 
@@ -152,8 +156,9 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, rope)  # (B, t, C)
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0, rope=None, first: int = 0) -> torch.Tensor:
+        """x (B, t, C) -> (B, t - first, C): the block's outputs at positions `first` on."""
+        x = (x[:, first:] if first else x) + self.attn(self.ln_1(x), cache, layer, rope, first)  # (B, t - first, C)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -198,8 +203,13 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
-        """idx (B, t) int64 token ids -> logits (B, t, V).
+    def forward(self, idx: torch.Tensor, cache=None, first: int = 0) -> torch.Tensor:
+        """idx (B, t) int64 token ids -> logits (B, t - first, V) of positions `first` on (default: all).
+
+        With `first`, the last block computes its queries, attention output, MLP and the head at those
+        positions alone (every position's keys and values, and every earlier block, are still needed):
+        the answer's logits for less. On CPU they are `self(idx)[:, first:]` bit for bit (a row of a
+        product does not depend on how many rows are multiplied, `lab.rowcache`).
 
         `cache` (a `KVCache`, or the coder's `lab.rowcache.RowCache`) keeps each layer's keys and values
         for incremental decoding: the positions of idx continue after the cached ones."""
@@ -207,6 +217,8 @@ class GPT(nn.Module):
         past = 0 if cache is None else cache.past(T)
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.cfg.block_size}")
+        if not 0 <= first < T or (first and cache is not None):
+            raise ValueError(f"first={first}: must be in 0..{T - 1}, and 0 with a cache")
         pos = torch.arange(past, past + T, device=idx.device)  # (t,)
         x = self.wte(idx)  # (B, t, C)
         if self.cfg.absolute:
@@ -215,11 +227,12 @@ class GPT(nn.Module):
             x = x + self.wce(self.coupled_ids[pos])  # (t, C) shared by positions of equal significance
         rope = (self.rotary_cos[pos], self.rotary_sin[pos]) if self.cfg.rotary else None  # 2 x (t, 1, 1, d/2)
         x = self.drop(x)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, rope)
+            x = block(x, cache, i, rope, first if i == last else 0)  # (B, t, C), after the last (B, t - first, C)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.ln_f(x))  # (B, t, V)
+        return self.lm_head(self.ln_f(x))  # (B, t - first, V)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -13,7 +13,9 @@ Evaluation (every `train.eval_every` steps) on each of the task's evaluation set
 per position, exact match by greedy generation of the whole answer, the share certified (answer under
 1 bit) and accuracy per answer position (of the generated answer), a `Score` per set. "val" and "train"
 (table tasks) are reported the same way for every task; the task turns its other sets into its own
-metrics (`Task.eval_metrics`: clean labels, addition's carry chains and rule).
+metrics (`Task.eval_metrics`: clean labels, addition's carry chains and rule). Those are read for exact
+match alone, which one teacher-forced pass decides: they are scored on the answer's positions and not
+decoded (`_score`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lab.optim import optimizer
 from lab.tasks import Score, Task
 
 LN2 = math.log(2.0)
+WHOLE = ("val", "train")  # the evaluation sets scored on every position (the others on the answer alone)
 
 
 def token_nats(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,13 +181,24 @@ class LabModule(L.LightningModule):
         (x,) = batch  # (B, T)
         return {"example_bits": self._score(x, self.eval_names[dataloader_idx])}
 
-    def _score(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """Score rows x (B, T) of evaluation set `name` into its running counts -> (B,) model-coded bits."""
+    def _score(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
+        """Score rows x (B, T) of evaluation set `name` into its running counts -> (B,) model-coded bits, or
+        None for the task's own sets. "val" and "train" are scored on every position and their answers
+        generated greedily. The task's own sets are read for exact match alone, which one teacher-forced
+        pass decides (greedy decoding produces a row's answer exactly when each answer token is its
+        position's argmax): they are scored on the answer's positions (`GPT.forward`'s `first`: the last
+        block runs there only) and not decoded."""
         a = self.task.answer_start
-        logits, answer = self.model.score_and_generate(x, a)  # (B, T-1, V), (B, A)
-        nats = token_nats(logits, x[:, 1:])  # (B, T-1) float64
-        correct = answer == x[:, a:]  # (B, A) greedy generation against the truth
-        certified = nats[:, a - 1 :].sum(1) < LN2  # (B,) answer under 1 bit: greedy must produce it
+        whole = name in WHOLE
+        if whole:
+            logits, answer = self.model.score_and_generate(x, a)  # (B, T-1, V), (B, A)
+            nats = token_nats(logits, x[:, 1:])  # (B, T-1) float64
+        else:  # exact match alone, which the teacher-forced pass decides: nothing to decode
+            logits = self.model(x[:, :-1], first=a - 1)  # (B, A, V) the answer's targets
+            answer = logits.argmax(-1)  # (B, A) the argmax after each true prefix (all right: greedy's answer)
+            nats = token_nats(logits, x[:, a:])  # (B, A) float64
+        correct = answer == x[:, a:]  # (B, A) against the truth
+        certified = nats[:, -correct.shape[1] :].sum(1) < LN2  # (B,) answer under 1 bit: greedy must produce it
         s = self._eval.setdefault(name, {})
         for key, value in (
             ("n", torch.tensor(float(len(x)), device=x.device, dtype=torch.float64)),
@@ -194,7 +208,7 @@ class LabModule(L.LightningModule):
             ("certified", certified.double().sum()),
         ):
             s[key] = s[key] + value if key in s else value
-        return (nats * self.model_mask).sum(1) / LN2  # (B,) model-coded bits per example
+        return (nats * self.model_mask).sum(1) / LN2 if whole else None  # (B,) model-coded bits per example
 
     def on_validation_epoch_end(self) -> None:
         tr = self.cfg.train

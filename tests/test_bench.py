@@ -67,6 +67,9 @@ def test_learn_reads_levels_and_bits_from_the_run(tmp_path, tiny_addition):
     assert epistemic[-1] == pytest.approx(row["epistemic"])  # the last evaluation is at the last step
     assert row["final_exact"] == evals[-1]["val/exact_match"]
     assert row["ex/s"] > 0 and row["tok/s"] == pytest.approx(row["ex/s"] * 13)  # 13 positions fed per row
+    # the wall time holds the last evaluation, which comes after the last step; the share is of it
+    assert row["seconds"] == row["marks"][-1]["seconds"] > row["eval_seconds"] > 0
+    assert row["eval_seconds"] == pytest.approx(sum(m["eval_seconds"] for m in row["marks"]))
     line = bench.fmt_row("tiny", 0, row)
     assert line.count("|") == bench.HEADER.splitlines()[0].count("|")
 

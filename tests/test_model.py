@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lab.config import ModelConfig
-from lab.model import GPT, GPTConfig
+from lab.model import GPT, GPTConfig, KVCache
 
 
 def test_shapes_and_presets():
@@ -197,3 +197,32 @@ def test_the_default_models_scores_do_not_depend_on_the_evaluation_batch():
         parts = [model.score_and_generate(xb, a) for xb in x.split(size)]
         assert torch.equal(torch.cat([p[0] for p in parts]), whole[0]), size
         assert torch.equal(torch.cat([p[1] for p in parts]), whole[1]), size
+
+
+def test_the_answer_alone_is_scored_as_the_whole_row_scores_it():
+    """The task's own evaluation sets (addition's carry chains) are scored on the answer alone (`first`:
+    the last block's queries, MLP and head at those positions only) and not decoded: the default model
+    gives the answer's positions the same logits as the whole row's pass, bit for bit, and a row's greedy
+    generation is its answer exactly when every answer token is the teacher-forced argmax."""
+    from lab.build import build
+    from lab.config import load
+
+    b = build(load("configs/addition.yaml", ["task.n_heldout=0", "task.n_chain=0",
+                                             "train.stop_metric=val/exact_match"]))
+    model, a = b.module.model.eval(), b.task.answer_start
+    x = torch.from_numpy(b.task.train_batch(0, 300).x)  # (300, T)
+    _, greedy = model.score_and_generate(x, a)
+    x[::3, a:] = greedy[::3]  # a third of the rows hold their greedy answer
+    logits, answer = model.score_and_generate(x, a)  # (300, T-1, V), (300, A)
+    with torch.no_grad():
+        part = model(x[:, :-1], first=a - 1)  # (300, A, V)
+        assert torch.equal(model(x[:, :-1], first=5), model(x[:, :-1])[:, 5:])
+    assert part.shape == (300, x.shape[1] - a, b.task.vocab_size)
+    assert torch.equal(part, logits[:, a - 1 :])
+    generated = (answer == x[:, a:]).all(1)  # (300,)
+    assert 0 < int(generated.sum()) < 300  # both kinds of row are there
+    assert torch.equal((part.argmax(-1) == x[:, a:]).all(1), generated)
+    with pytest.raises(ValueError, match="first"):
+        model(x[:, :-1], first=x.shape[1] - 1)  # past the last position
+    with pytest.raises(ValueError, match="first"):
+        model(x[:, :-1], KVCache(), first=5)  # a cache takes whole rows or one token

@@ -112,10 +112,12 @@ class Score:
     """One evaluation set's results under the current model (`lab.module` computes them).
 
     n:         rows in the set
-    nats:      (T-1,) mean teacher-forced loss per target position, nats, float64
+    nats:      (T-1,) mean teacher-forced loss per target position, nats, float64 ("val", "train"); (A,)
+               for the answer's positions alone in the task's own sets (`lab.module` scores them so)
     exact:     share of rows whose greedy-generated answer is the row's answer
     certified: share of rows whose answer cost under 1 bit (greedy must produce it)
-    acc:       (A,) share right per answer position (of the generated answer)
+    acc:       (A,) share right per answer position: of the generated answer ("val", "train"); after the
+               true prefix (teacher-forced argmax) in the task's own sets, whose exact match is the same
     """
 
     n: float
