@@ -19,8 +19,9 @@ of the time on every kind of sum passes the config's stop rule.
 `--append FILE` adds the rows to a markdown results file.
 
 Every mode also prints the machine's own matrix-multiply throughput on the model's shapes (each matmul
-of a training step, forward and backward, timed alone in the same process) and the training's achieved
-FLOP/s as a fraction of it: a figure that carries across machines, unlike wall seconds.
+of a training step, forward and backward, timed alone in the same process, the best of 5 timings) and
+the training's achieved FLOP/s as a fraction of it: a figure that carries across machines, unlike wall
+seconds.
 
 --vs-raw mode: the same model, data and training step (`LabModule.step`) as a plain PyTorch loop, against
 the lab's Lightning run with its callbacks (bits, checkpoints, report; no evaluation in the window); steps
@@ -72,15 +73,19 @@ def train_flops(model: torch.nn.Module, batch: int, T: int) -> float:
 
 def machine_flops(model: torch.nn.Module, batch: int, T: int, repeats: int = 5) -> tuple[float, float]:
     """(FLOP/s of this machine on the model's own multiplies, each with its two backward multiplies, timed
-    alone; FLOP/s of a 2048-square multiply), in float32, in this process (same threads)."""
+    alone; FLOP/s of a 2048-square multiply), in float32, in this process (same threads). Each is the best
+    of `repeats` timings: the machine's own speed, which another load on a shared host can only lower (a
+    mean of 5 read 89-155 GFLOP/s after ten runs that all trained at 81-89)."""
     def seconds(a: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> float:
         def once() -> None:
             a @ w, g @ w.transpose(-1, -2), a.transpose(-1, -2) @ g  # forward, grad input, grad weight
         once()  # warm
-        t0 = time.perf_counter()
+        best = math.inf
         for _ in range(repeats):
+            t0 = time.perf_counter()
             once()
-        return (time.perf_counter() - t0) / repeats
+            best = min(best, time.perf_counter() - t0)
+        return best
 
     flops = time_ = 0.0
     for count, m, k, n in matmuls(model, batch, T):
