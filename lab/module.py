@@ -230,15 +230,23 @@ class LabModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def _confirm(self, confirm: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
-        """Pool each set's confirmation rows with it, the set with the lowest exact match first, until the stop
-        metric falls below `stop_at` -> (how many sets were pooled, the metrics then). The metrics a task
-        confirms are minima over its sets (`Task.confirmed`): once one set fails, this evaluation cannot stop
-        the run whatever the others say, so they are left as the regular rows scored them."""
+        """Pool each set's confirmation rows with it, the set with the lowest exact match first (ties: the
+        highest answer loss first), until the stop metric falls below `stop_at` -> (how many sets were pooled,
+        the metrics then). The metrics a task confirms are minima over its sets (`Task.confirmed`): once one
+        set fails, this evaluation cannot stop the run whatever the others say, so they are left as the
+        regular rows scored them. A set fails as soon as its errors so far exceed what `stop_at` allows of
+        all its rows; it is then left part-pooled (its exact match over the rows scored, lower still)."""
         tr = self.cfg.train
-        order = sorted(confirm, key=lambda name: float(self._eval[name]["exact"] / self._eval[name]["n"]))
+        s = {name: self._eval[name] for name in confirm}
+        order = sorted(confirm, key=lambda name: (float(s[name]["exact"] / s[name]["n"]),
+                                                  -float(s[name]["nats"].sum() / s[name]["n"])))
         for i, name in enumerate(order, 1):
+            total = float(s[name]["n"]) + len(confirm[name])  # regular and confirmation rows
             for x in torch.from_numpy(confirm[name]).to(self.device).split(tr.eval_batch_size):
                 self._score(x, name)
+                wrong = float(self._eval[name]["n"] - self._eval[name]["exact"])
+                if (total - wrong) / total < tr.stop_at and (metrics := self._metrics())[tr.stop_metric] < tr.stop_at:
+                    return i, metrics
             metrics = self._metrics()
             if metrics[tr.stop_metric] < tr.stop_at:
                 return i, metrics

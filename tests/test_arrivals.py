@@ -112,11 +112,11 @@ class Arrivals(L.Callback):
         self.rows: list[tuple[int, float, bool, bool]] = []  # (step, bits, right, certified)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        task, x = pl_module.task, batch["x"][batch["new"]]
-        if not len(x):
+        task, new = pl_module.task, batch["new"]
+        if not new.any():
             return
-        with torch.no_grad():
-            logits = pl_module.model(x[:, :-1]).double()  # (n, T-1, V)
+        with torch.no_grad():  # the whole batch, then its new rows (a pass of a few rows may round otherwise)
+            x, logits = batch["x"][new], pl_module.model(batch["x"][:, :-1])[new].double()  # (n, T), (n, T-1, V)
         nats = -torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None]).squeeze(-1)  # (n, T-1)
         a = task.answer_start
         right = (logits[:, a - 1 :].argmax(-1) == x[:, a:]).all(1)
@@ -130,7 +130,8 @@ def test_arrival_windows_are_held_out_measures_and_certified_arrivals_are_right(
     exact match and certified share, as an independent recomputation before each step finds them; a
     certified arrival is always right; every arrival was coded before any step trained on it."""
     rec = Arrivals()
-    cfg = tiny_modular(tmp_path, "task.p=17", "task.train_fraction=0.7", "model.preset=grok-1l",
+    cfg = tiny_modular(tmp_path, "task.p=17", "task.train_fraction=0.9", "model.preset=grok-1l",  # (0.7: 2 to 11
+                       # certified arrivals of 202 by host, too few; 0.9: 36 of 260 on an Intel Xeon)
                        "train.batch_size=64", "task.arrival=uniform", "task.arrival_steps=250",
                        "task.arrival_start=0.3", "train.max_steps=260", "train.eval_every=20", "train.lr=3e-3",
                        "train.weight_decay=1", "train.stop_at=null", "log.every=10")

@@ -60,7 +60,8 @@ def test_loss_on_answer_sends_the_operands_at_their_law(tmp_path, tiny_addition)
     exact law cost (log2 of the number of pairs the stream can yield, for every example) + the model's
     answer bits; their excess is zero but for the realised-vs-expected spread of single positions."""
     result = train(tiny_addition(tmp_path, "task.loss_on=answer", "task.chain_prob=0",  # the uniform law, but for
-                                 "task.n_chain_confirm=0"))  # the evaluation sets (few: the spread below stays small)
+                                 "task.chain_prob_lead=0",  # the evaluation sets (few: the spread below stays small)
+                                 "task.n_chain_confirm=0"))
     task, t = result.module.task, result.bits.totals()
     n = t["bits/examples"]
     excluded = 200 + sum(len(p) for p in [*task.chain_pairs.values(), *task.confirm_pairs.values()])  # held-out,

@@ -133,7 +133,10 @@ def test_rotary_scores_depend_on_the_difference_of_ids_only():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_row_cache_gives_the_whole_forwards_rows_bit_for_bit(threads, root):
     """What the coder rests on: decoding one position at a time with a RowCache (batches padded as the
-    coder pads them) yields exactly the training forward's logits, for every config, every batch size."""
+    coder pads them) yields exactly the training forward's logits, for every config, at batches of 16 rows
+    and more (each config's own too). A whole forward of fewer rows times T may take other kernels: on an
+    Intel Xeon with AVX-512, 1 to 3 rows of a table task (4 to 12 token rows) come out 1e-9 apart. The
+    coder then codes with the receiver's computation (`lab.coder.rows_agree`, tests/test_coder.py)."""
     import glob
 
     import numpy as np
@@ -150,7 +153,7 @@ def test_row_cache_gives_the_whole_forwards_rows_bit_for_bit(threads, root):
             cfg = load(path)
             task = make_task(cfg)
             model = LabModule(cfg, task).model
-            for B in (1, 5, 64):
+            for B in sorted({16, 64, cfg.train.batch_size} - {0}):  # and the config's own (0: the whole split)
                 x = task.train_batch(0, B).x
                 model.train(cfg.model.dropout == 0)  # (with dropout the coder's forward is the eval one)
                 full = distributions(model(torch.from_numpy(x)[:, :-1]).detach())

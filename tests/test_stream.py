@@ -48,7 +48,8 @@ def test_every_config_and_every_task_is_in_the_table():
 def test_dropout_bits_are_those_of_the_model_without_dropout(tmp_path, tiny_addition):
     """The logged bits of a step are the code under the weights before it without dropout, not the
     training forward's (with dropout), which no receiver could reproduce: the two differ."""
-    cfg = tiny_addition(tmp_path, "model.dropout=0.3", "train.max_steps=1", "task.chain_prob=0")
+    cfg = tiny_addition(tmp_path, "model.dropout=0.3", "train.max_steps=1", "task.chain_prob=0",
+                        "task.chain_prob_lead=0")
     logged = train(cfg).bits.totals()["bits/total"]
     b = build(cfg)  # the initial weights, as `lab train` builds them
     task, model = b.task, b.module.model

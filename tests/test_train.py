@@ -13,6 +13,7 @@ from lab.__main__ import main
 from lab.bits import NonFiniteError
 from lab.errors import ConfigError, RunError
 from lab.loggers import read_metrics
+from lab.module import token_nats
 from lab.run import train
 
 
@@ -184,10 +185,17 @@ def test_near_the_stop_the_rule_is_decided_on_regular_and_confirmation_sums_wors
         _, answer = b.module.model.score_and_generate(torch.from_numpy(x), b.task.answer_start)
         return (answer == torch.from_numpy(x[:, b.task.answer_start:])).all(1).double().mean().item()
 
+    def answer_nats(x: np.ndarray) -> float:
+        logits, _ = b.module.model.score_and_generate(torch.from_numpy(x), b.task.answer_start)
+        a = b.task.answer_start
+        return token_nats(logits[:, a - 1:], torch.from_numpy(x[:, a:])).sum(1).mean().item()
+
     regular = {k: exact(sets[f"chain_{k}"]) for k in range(3)}  # 20 sums each
+    loss = {k: answer_nats(sets[f"chain_{k}"]) for k in range(3)}
+    assert len(set(regular.values())) < 3  # untrained: ties, which the answer loss breaks
     pooled = {k: exact(np.concatenate([sets[f"chain_{k}"], confirm[f"chain_{k}"]])) for k in range(3)}  # 80
-    expect, n = dict(regular), 0  # the worst set first, until the lowest chain is below stop_at
-    for k in sorted(range(3), key=lambda k: regular[k]):
+    expect, n = dict(regular), 0  # the worst set first (ties: the highest loss), until the lowest is below stop_at
+    for k in sorted(range(3), key=lambda k: (regular[k], -loss[k])):
         expect[k], n = pooled[k], n + 1
         if min(expect.values()) < 0.01:
             break
@@ -203,6 +211,19 @@ def test_near_the_stop_the_rule_is_decided_on_regular_and_confirmation_sums_wors
     near = {"val/exact_match": 0.99, "val/chain_exact_min": low, "val/rule": low}
     assert task.confirm_due(near, "val/rule", 0.99) and not task.confirm_due(near, "val/rule", 0.992)
     assert task.confirm_due({**near, "val/exact_match": 0.5}, "val/chain_exact_min", 0.99)
+
+    module, scored = b.module, []  # a set stops being scored once its errors exceed what stop_at allows of it
+    module.cfg.train.stop_at, module.cfg.train.eval_batch_size, module._eval = 0.99, 16, {}
+    for name, x in sets.items():
+        module._score(torch.from_numpy(x), name)
+    score = module._score
+    module._score = lambda x, name: scored.append((name, len(x))) or score(x, name)
+    pooled, metrics = module._confirm(confirm)
+    first = sorted(range(3), key=lambda k: (regular[k], -loss[k]))[0]
+    # one batch of 16 of its 60: errors over the 0.8 of its 80 rows that 0.99 allows
+    assert pooled == 1 and scored == [(f"chain_{first}", 16)]
+    part = np.concatenate([sets[f"chain_{first}"], confirm[f"chain_{first}"][:16]])  # what it scored of that set
+    assert metrics[f"val/chain_exact/{first}"] == pytest.approx(exact(part))
     assert not task.confirm_due({**near, "val/exact_match": 0.985, "val/rule": low}, "val/rule", 0.99)
     assert not task.confirm_due({**near, "val/chain_exact_min": low - 2e-3, "val/rule": low - 2e-3}, "val/rule", 0.99)
 

@@ -35,7 +35,9 @@ their minimum `val/chain_exact_min`: the rule learned means every length right.
 `chain_prob` q > 0 makes long chains common in the training stream (not in the held-out set, which
 stays uniform): each pair below the leading one sums to 9 with probability q (b_i = 9 - a_i, else b_i
 uniform), so a chain of k digits has chance ~q^k. Each such b digit then carries
-H(q + (1-q)/10, (1-q)/10 x 9) bits instead of log2 10.
+H(q + (1-q)/10, (1-q)/10 x 9) bits instead of log2 10. `chain_prob_lead` q' does the same for the leading
+pair where 9 - a is a leading digit (1+8..8+1): uniform, it sums to 9 w.p. 8/81, so without it a chain
+that ends there (c_n = 1 through it) is ~q / 0.1 times rarer than the same chain one place lower.
 
 The stream never yields a held-out or chain pair: colliding rows are redrawn, so the operands follow
 that law restricted to the other pairs (`lab.tasks.operands.OperandLaw`). The floors above are for that
@@ -75,6 +77,9 @@ class AdditionConfig(TaskConfig):
     on val/rule or val/chain_exact_min (never in the stream)."""
     chain_prob: float = 0.0
     """Training stream only: each pair below the leading one sums to 9 with this probability (0: uniform)."""
+    chain_prob_lead: float = 0.0
+    """Training stream only: the leading pair sums to 9 (1+8..8+1) with this probability where it can (0: uniform,
+    8/81 without leading zeros), so that chains ending in it are as common as those below."""
 
     def validate(self) -> None:
         super().validate()
@@ -91,6 +96,7 @@ class AdditionConfig(TaskConfig):
               f"{self.n_chain_confirm} is negative or n_digits x n_chain_confirm is more than "
               f"{Addition.max_eval_rows:,}")
         check(0 <= self.chain_prob < 1, "task.chain_prob", f"{self.chain_prob} is not in [0, 1)")
+        check(0 <= self.chain_prob_lead < 1, "task.chain_prob_lead", f"{self.chain_prob_lead} is not in [0, 1)")
 
 
 @register
@@ -114,7 +120,7 @@ class Addition(OperandTask):
         self.n_chain = self.cfg.n_chain
         self.lo = 0 if self.cfg.leading_zeros else 10 ** (n - 1)
         self.hi = 10**n - 1
-        self._setup((n, n), self.cfg.chain_prob)
+        self._setup((n, n), self.cfg.chain_prob, self.cfg.chain_prob_lead)
 
     @staticmethod
     def answer_digits(n: int, m: int) -> int:

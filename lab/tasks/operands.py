@@ -42,7 +42,9 @@ class OperandLaw:
 
     Base law mu: every digit uniform over the allowed digits (no leading zero unless `leading_zeros`);
     with `chain_prob` q > 0 (addition, n = m), each b_i below the leading one equals 9 - a_i with
-    probability q (a pair summing to 9, which a carry passes through), else uniform on 0..9.
+    probability q (a pair summing to 9, which a carry passes through), else uniform on 0..9; with
+    `chain_prob_lead` q' > 0 the leading b equals 9 - a with probability q' where 9 - a is an allowed
+    leading digit (1+8..8+1 without leading zeros; a = 9 then leaves b uniform), else uniform.
 
     The stream never yields an excluded pair (held-out or other evaluation sets), so its law is mu
     restricted to the other strings. With m(p) = mu(excluded below p) / mu(p), the excluded share of a
@@ -50,11 +52,12 @@ class OperandLaw:
     Prefixes with nothing excluded below them (all but at most |excluded| per depth) follow mu; the
     others are tabulated once."""
 
-    def __init__(self, widths: tuple[int, int], leading_zeros: bool, excluded: np.ndarray, chain_prob: float = 0.0):
+    def __init__(self, widths: tuple[int, int], leading_zeros: bool, excluded: np.ndarray, chain_prob: float = 0.0,
+                 chain_prob_lead: float = 0.0):
         n, m = self.widths = widths
-        if chain_prob > 0 and n != m:
+        if (chain_prob > 0 or chain_prob_lead > 0) and n != m:
             raise ValueError("chain_prob needs operands of equal width")
-        self.q, self.leading_zeros = chain_prob, leading_zeros
+        self.q, self.q_lead, self.leading_zeros = chain_prob, chain_prob_lead, leading_zeros
         self.lo = np.array([0 if leading_zeros else 10 ** (w - 1) for w in widths], dtype=np.int64)  # (2,)
         self.hi = np.array([10**w - 1 for w in widths], dtype=np.int64)
         lead = np.ones(10, dtype=bool)
@@ -85,6 +88,10 @@ class OperandLaw:
             self.index.append(index)
             self.table.append(np.clip(law, 0.0, None))  # (fully excluded children: 0, not -1e-17)
             self.weight.append(head[first, k] * (1 - share) / (1 - excluded_mass))
+            if k == n:  # (the leading b digit's law depends on a_{n-1}: `entropies` splits its prefixes by it)
+                self.lead_of = digits_[first, 0]  # (D_n,) a_{n-1} of each tabulated prefix
+        # stream probability of each a_{n-1} (its law is mu's marginal with the excluded strings taken out)
+        self.lead_mass = (self.uniform[0] - np.bincount(digits_[:, 0], tail[:, 0], 10)) / (1 - excluded_mass)
 
     def base(self, k: int, prefix: np.ndarray) -> np.ndarray:
         """(B, k) first digits -> (B, 10) mu's law of digit k."""
@@ -95,6 +102,10 @@ class OperandLaw:
             a_i = prefix[:, n - 1 - i]  # (B,)
             out *= 1 - self.q
             out[np.arange(len(prefix)), 9 - a_i] += self.q
+        if self.q_lead > 0 and k == n:  # the leading b digit: 9 - a_{n-1} w.p. q' where that is allowed
+            rows = np.flatnonzero(self.allowed[n][9 - prefix[:, 0]])  # (B',)
+            out[rows] *= 1 - self.q_lead
+            out[rows, 9 - prefix[rows, 0]] += self.q_lead
         return out
 
     def probs(self, prefixes: np.ndarray) -> np.ndarray:
@@ -121,6 +132,11 @@ class OperandLaw:
             b_i = (pairs[:, 1:] // powers) % 10
             tie = rng.random((size, n - 1)) < self.q
             pairs[:, 1] += ((np.where(tie, 9 - a_i, b_i) - b_i) * powers).sum(1)
+        if self.q_lead > 0:  # the leading pair sums to 9 with probability q' where it can
+            n, top = self.widths[0], 10 ** (self.widths[0] - 1)
+            a_l, b_l = pairs[:, 0] // top % 10, pairs[:, 1] // top % 10  # (size,)
+            tie = (rng.random(size) < self.q_lead) & self.allowed[n][9 - a_l]
+            pairs[:, 1] += (np.where(tie, 9 - a_l, b_l) - b_l) * top
         return pairs
 
     def mass(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -131,14 +147,23 @@ class OperandLaw:
 
     def entropies(self) -> np.ndarray:
         """(n+m,) exact H(digit k | digits < k) in bits: the untabulated prefixes follow mu, whose entropy
-        at depth k is the same for every prefix; the tabulated ones are summed one by one."""
+        at depth k is the same for every prefix (but for the leading b digit under `chain_prob_lead`, where
+        it depends on a_{n-1}: there the untabulated prefixes are summed per a_{n-1}); the tabulated ones
+        are summed one by one."""
+        entropy = lambda p: -(p * np.log2(np.where(p > 0, p, 1.0))).sum(-1)  # noqa: E731
+        n = self.widths[0]
         out = np.zeros(sum(self.widths))
         for k in range(len(out)):
-            p = self.table[k]
-            h = -(p * np.log2(np.where(p > 0, p, 1.0))).sum(1)  # (D_k,)
-            b = self.base(k, np.zeros((1, k), dtype=np.int64))[0]
-            h_base = float(-(b * np.log2(np.where(b > 0, b, 1.0))).sum())
+            h = entropy(self.table[k])  # (D_k,)
             w = self.weight[k]
+            if k == n and self.q_lead > 0:
+                prefixes = np.zeros((10, k), dtype=np.int64)
+                prefixes[:, 0] = np.arange(10)  # a_{n-1} = 0..9, the rest of a irrelevant
+                h_lead = entropy(self.base(k, prefixes))  # (10,)
+                untabulated = self.lead_mass - np.bincount(self.lead_of, w, 10)  # (10,) stream mass per a_{n-1}
+                out[k] = float(w @ h) + float(untabulated @ h_lead)
+                continue
+            h_base = float(entropy(self.base(k, np.zeros((1, k), dtype=np.int64))[0]))
             out[k] = float(w @ h) + (1.0 - float(w.sum())) * h_base
         return out
 
@@ -186,7 +211,7 @@ class OperandTask(Task):
         they are excluded from the stream like the held-out set."""
         return {}
 
-    def _setup(self, widths: tuple[int, int], chain_prob: float = 0.0) -> None:
+    def _setup(self, widths: tuple[int, int], chain_prob: float = 0.0, chain_prob_lead: float = 0.0) -> None:
         """Layout, loss mask, held-out and extra sets, the stream's law and the floors, from `self.cfg`
         (leading_zeros, reverse_answer, n_heldout) and the operands' widths."""
         n, m = self.widths = widths
@@ -209,7 +234,8 @@ class OperandTask(Task):
         if self.loss_on == "answer":
             self.loss_mask[: self.answer_start - 1] = False
 
-        self.law = OperandLaw(widths, leading_zeros, np.zeros((0, 2), dtype=np.int64), chain_prob)  # (for sampling)
+        self.law = OperandLaw(widths, leading_zeros, np.zeros((0, 2), dtype=np.int64), chain_prob,
+                              chain_prob_lead)  # (for sampling)
         self.heldout_pairs = self._draw_heldout(cfg.n_heldout)
         taken = set(map(tuple, self.heldout_pairs.tolist()))
         self.confirm_pairs: dict[str, np.ndarray] = {}  # (a subclass's _extra_sets may add its own)
@@ -217,7 +243,7 @@ class OperandTask(Task):
         excluded = np.concatenate([self.heldout_pairs, *self.extra_pairs.values(),
                                    *self.confirm_pairs.values()])  # never in the stream
         self._excluded = set(map(tuple, excluded.tolist()))
-        self.law = OperandLaw(widths, leading_zeros, excluded, chain_prob)
+        self.law = OperandLaw(widths, leading_zeros, excluded, chain_prob, chain_prob_lead)
 
         zeros = np.zeros(1)
         self.floor_bits = np.zeros(self.seq_len - 1)
