@@ -53,7 +53,9 @@ S5_GRID = [("x*y", "answer", 0.0), ("x*y*x^-1", "all", 0.1), ("x*y*x", "all", 0.
 ARRIVALS = [("uniform", 4, 0.0), ("geometric", 4, 0.2)]
 OTHER = [["model.dropout=0.1"], ["model.dropout=0.2", "task.loss_on=answer"],
          ["train.grokfast_lambda=2", "train.grad_clip=0.5"],
-         ["task.chain_prob=0.5", "task.loss_on=answer", "task.n_digits=2", "task.n_heldout=1000"]]
+         ["task.chain_prob=0.5", "task.loss_on=answer", "task.n_digits=2", "task.n_heldout=1000"],
+         ["task.chain_prob=0.5", "task.chain_prob_lead=0.6", "task.loss_on=answer", "task.n_digits=2",
+          "task.n_heldout=1000"]]
 
 
 def addition_grid(loss_on, reverse, zeros, noise, n) -> list[str]:
