@@ -55,10 +55,9 @@ def main() -> None:
     with torch.no_grad():
         answers = [model.score_and_generate(xb, task.answer_start)[1] for xb in x.split(1000)]
     ok = (torch.cat(answers) == x[:, task.answer_start:]).all(1).numpy()  # (N,)
-    chain = longest_chain(a, b, task.n)
+    chain, start = longest_chain(a, b, task.n, made_at=True)
     print(f"{run} ({args.checkpoint}, step {step}): exact match {ok.mean():.4f} on {len(ok)} sums")
     if args.placement:
-        start = chain_start(a, b, task.n)
         print("| chain | made at | sums | error rate |\n|---|---|---|---|")
         for k, p in sorted(set(zip(chain.tolist(), start.tolist()))):
             sel = (chain == k) & (start == p)
@@ -69,22 +68,6 @@ def main() -> None:
         sel = chain == k
         if sel.any():
             print(f"| {k} | {sel.sum()} | {sel.mean():.4f} | {1 - ok[sel].mean():.4f} |")
-
-
-def chain_start(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """(B,) operands -> (B,) the position that makes the carry of the longest chain (the lowest such), -1
-    for sums without one: 0199 + 0001 -> 0."""
-    carry = np.zeros(len(a), dtype=bool)
-    run = np.zeros(len(a), dtype=np.int64)
-    best, start = np.zeros(len(a), dtype=np.int64), np.full(len(a), -1, dtype=np.int64)
-    for i in range(n):  # least significant first, as `longest_chain`
-        s = (a // 10**i) % 10 + (b // 10**i) % 10  # (B,)
-        passes = carry & (s == 9)
-        run = np.where(passes, run + 1, 0)
-        longer = run > best
-        start, best = np.where(longer, i - run, start), np.maximum(best, run)
-        carry = (s >= 10) | passes
-    return start
 
 
 if __name__ == "__main__":

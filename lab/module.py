@@ -235,18 +235,18 @@ class LabModule(L.LightningModule):
         the metrics then). The metrics a task confirms are minima over its sets (`Task.confirmed`): once one
         set fails, this evaluation cannot stop the run whatever the others say, so they are left as the
         regular rows scored them. A set fails as soon as its errors so far exceed what `stop_at` allows of
-        all its rows; it is then left part-pooled (its exact match over the rows scored, lower still)."""
-        tr = self.cfg.train
-        s = {name: self._eval[name] for name in confirm}
-        order = sorted(confirm, key=lambda name: (float(s[name]["exact"] / s[name]["n"]),
-                                                  -float(s[name]["nats"].sum() / s[name]["n"])))
+        all its rows (its exact match is then below `stop_at` whatever the rest say); it is left part-pooled
+        (its exact match over the rows scored, lower still)."""
+        tr, counts = self.cfg.train, self._eval  # (`_score` updates each set's counts in place)
+        order = sorted(confirm, key=lambda name: (float(counts[name]["exact"] / counts[name]["n"]),
+                                                  -float(counts[name]["nats"].sum() / counts[name]["n"])))
         for i, name in enumerate(order, 1):
-            total = float(s[name]["n"]) + len(confirm[name])  # regular and confirmation rows
+            total = float(counts[name]["n"]) + len(confirm[name])  # regular and confirmation rows
             for x in torch.from_numpy(confirm[name]).to(self.device).split(tr.eval_batch_size):
                 self._score(x, name)
-                wrong = float(self._eval[name]["n"] - self._eval[name]["exact"])
-                if (total - wrong) / total < tr.stop_at and (metrics := self._metrics())[tr.stop_metric] < tr.stop_at:
-                    return i, metrics
+                wrong = float(counts[name]["n"] - counts[name]["exact"])
+                if (total - wrong) / total < tr.stop_at:
+                    break  # failed: the rest of its rows cannot lift it to stop_at
             metrics = self._metrics()
             if metrics[tr.stop_metric] < tr.stop_at:
                 return i, metrics

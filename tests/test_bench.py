@@ -87,6 +87,7 @@ def test_longest_carry_chain():
     # 199 + 1: the carry from 9 + 1 passes through 9 + 0 (1); 5050 + 4950: through 5 + 4 and 0 + 9 (2);
     # 950 + 50: 0 + 0 makes no carry, 5 + 5 does, 9 + 0 passes it on (1)
     assert longest_chain(a, b, 4).tolist() == [0, 1, 2, 3, 1, 2, 1]
+    assert longest_chain(a, b, 4, made_at=True)[1].tolist() == [-1, 0, 0, 0, 0, 1, 1]  # where each carry is made
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 10**6, 500), rng.integers(0, 10**6, 500)
 

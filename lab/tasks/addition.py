@@ -214,17 +214,20 @@ def screen_margin(n_chain: int) -> float:
     return 3 / n_chain if n_chain else 0.0
 
 
-def longest_chain(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+def longest_chain(a: np.ndarray, b: np.ndarray, n: int, made_at: bool = False):
     """(B,) operands of n digits -> (B,) the longest run of positions a carry passes through: positions
     whose pair sums to exactly 9 and which receive a carry. In 0199 + 0001 the carry made at position 0
-    (9 + 1) passes through position 1 (9 + 0) into position 2: a chain of length 1; 1999 + 0001: 2."""
+    (9 + 1) passes through position 1 (9 + 0) into position 2: a chain of length 1; 1999 + 0001: 2.
+    With `made_at`, also (B,) the position that makes the carry of the longest chain (the lowest such;
+    -1 for sums without a chain): 0199 + 0001 -> 0."""
     carry = np.zeros(len(a), dtype=bool)
     run = np.zeros(len(a), dtype=np.int64)
-    best = np.zeros(len(a), dtype=np.int64)
+    best, start = np.zeros(len(a), dtype=np.int64), np.full(len(a), -1, dtype=np.int64)
     for i in range(n):  # least significant first
         s = (a // 10**i) % 10 + (b // 10**i) % 10  # (B,) pair sums
         passes = carry & (s == 9)
         run = np.where(passes, run + 1, 0)
+        start = np.where(run > best, i - run, start)
         best = np.maximum(best, run)
         carry = (s >= 10) | passes
-    return best
+    return (best, start) if made_at else best
