@@ -103,7 +103,9 @@ class CausalSelfAttention(nn.Module):
         """Rotary embedding: x (..., d) -> (..., d), with cos and sin of shape (..., d/2) broadcast to it."""
         cos, sin = rope
         x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., d/2)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        # [x1 cos - x2 sin, x2 cos + x1 sin] as x [cos, cos] + [x2, x1] [-sin, sin]: the same floats (a
+        # negation is exact, a sum commutes), in half the element-wise passes
+        return x * torch.cat([cos, cos], -1) + torch.cat([x2, x1], -1) * torch.cat([-sin, sin], -1)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, first: int = 0) -> torch.Tensor:
         """(B, h, t, d) queries, (B, h, s, d) keys and values -> (B, h, t, d). causal: the queries are the

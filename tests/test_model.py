@@ -126,6 +126,11 @@ def test_rotary_scores_depend_on_the_difference_of_ids_only():
     assert not torch.allclose(s[0, 0], s[0, 1])  # but the difference matters
     torch.testing.assert_close(CausalSelfAttention.rotate(q, rope).norm(dim=-1), q.norm(dim=-1))  # a rotation
     assert not hasattr(model, "wce")
+    x1, x2 = torch.randn(2, 64, 8, 3, 8).unbind(0)  # the rotation's textbook form, to the last bit
+    cos, sin = (t[:, None] for t in rope)  # 2 x (8, 1, 8)
+    x = torch.cat([x1, x2], -1)  # (64, 8, 3, 16): 8 ids, 3 heads
+    assert torch.equal(CausalSelfAttention.rotate(x, (cos, sin)),
+                       torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1))
     with pytest.raises(ValueError, match="rotary embeddings need coupled_ids"):
         GPT(GPTConfig(vocab_size=14, block_size=8, rotary=True))
 
