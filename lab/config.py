@@ -88,6 +88,9 @@ class TrainConfig:
     """muon: peak learning rate of the Muon matrices (None: lr)."""
     muon_momentum: float = 0.95
     """muon: Muon's (Nesterov) momentum."""
+    muon_ns_steps: int = 5
+    """muon: Newton-Schulz iterations that orthogonalise each update (torch's default, 5); each costs
+    4 s^2 l + 2 s^3 FLOPs on an s x l matrix (s <= l)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     """AdamW's (beta1, beta2)."""
     weight_decay: float = 0.01
@@ -321,6 +324,7 @@ def validate(cfg: Config) -> None:
     check(tr.lr >= 0, "train.lr", f"{tr.lr} is negative")
     check(tr.muon_lr is None or tr.muon_lr >= 0, "train.muon_lr", f"{tr.muon_lr} is negative")
     check(0 <= tr.muon_momentum < 1, "train.muon_momentum", f"{tr.muon_momentum} is not in [0, 1)")
+    check(tr.muon_ns_steps >= 1, "train.muon_ns_steps", f"{tr.muon_ns_steps} is not at least 1")
     check(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas",
           f"{tr.betas} is not two numbers in [0, 1)")
     check(tr.weight_decay >= 0, "train.weight_decay", f"{tr.weight_decay} is negative")

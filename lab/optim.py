@@ -112,4 +112,4 @@ def optimizer(model: torch.nn.Module, tr) -> torch.optim.Optimizer:
         return adamw
     return Joint(adamw, Muon(
         muon, lr=tr.lr if tr.muon_lr is None else tr.muon_lr, weight_decay=tr.weight_decay,
-        momentum=tr.muon_momentum, adjust_lr_fn="match_rms_adamw"))
+        momentum=tr.muon_momentum, ns_steps=tr.muon_ns_steps, adjust_lr_fn="match_rms_adamw"))

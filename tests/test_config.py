@@ -27,6 +27,7 @@ def test_every_config_loads(path):
     ("model.position=alibi", "model.position"),
     ("model.position=absolute+absolute", "model.position"),
     ("model.position=", "model.position"),
+    ("train.muon_ns_steps=0", "train.muon_ns_steps"),
 ])
 def test_addition_config_errors_name_the_key(root, override, key):
     with pytest.raises(ConfigError) as e:

@@ -19,6 +19,9 @@ def test_muon_takes_the_blocks_matrices_and_adamw_everything_else(root):
     assert {"wte.weight", "lm_head.weight", "blocks.0.attn.q_gain"} <= in_adamw
     assert [g["weight_decay"] for g in adamw.param_groups] == [b.cfg.train.weight_decay, 0.0]
     assert opt.param_groups == adamw.param_groups + muon.param_groups  # a scheduler scales all of them
+    assert muon.param_groups[0]["ns_steps"] == b.cfg.train.muon_ns_steps == 5
+    fewer, _ = build(load(f"{root}/configs/addition.yaml", ["train.muon_ns_steps=3"])).optimizer()
+    assert fewer.optimizers[1].param_groups[0]["ns_steps"] == 3
     plain, _ = build(load(f"{root}/configs/addition.yaml", ["train.optimizer=adamw"])).optimizer()
     assert isinstance(plain, torch.optim.AdamW)
 
